@@ -1,0 +1,1 @@
+"""The node agent: runs ONNX models on an emulated satellite edge node."""

@@ -1,0 +1,1 @@
+"""Orbit propagation and the contact plan: ground passes, inter-satellite links, sunlight."""
