@@ -1,0 +1,132 @@
+"""The one place where protos meet the agent's domain types (numpy arrays, ModelInfo, AgentStatus)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from node_agent.agent import AgentStatus, InferOutcome, ModelInfo
+from node_agent.errors import LimitError
+from node_agent.runtime import WIRE_DTYPES, TensorSpec
+from skyinfer.errors import InputError
+from skyinfer.v1 import fleet_pb2, node_agent_pb2, tensor_pb2
+
+MAX_RANK = 8
+
+
+def tensor_to_array(t: tensor_pb2.Tensor, where: str, max_bytes: int) -> np.ndarray:
+    """A numpy array (a read-only view of the proto's bytes) after checking dtype, shape and size."""
+    if t.dtype not in WIRE_DTYPES:
+        raise InputError(f"{where}.dtype: expected one of {sorted(WIRE_DTYPES)}, got {t.dtype!r}")
+    shape = tuple(int(d) for d in t.shape)
+    if len(shape) > MAX_RANK or any(d < 0 for d in shape):
+        raise InputError(f"{where}.shape: expected up to {MAX_RANK} non-negative sizes, got {list(shape)}")
+    data = t.data  # each attribute access copies the bytes out of the message: read it once
+    if len(data) > max_bytes:
+        raise LimitError(f"{where}.data: {len(data)} bytes over the tensor size limit {max_bytes} bytes")
+    dtype = np.dtype(t.dtype).newbyteorder("<")
+    expected = math.prod(shape) * dtype.itemsize
+    if len(data) != expected:
+        raise InputError(
+            f"{where}.data: {len(data)} bytes, but shape {list(shape)} of {t.dtype} needs {expected} bytes"
+        )
+    return np.frombuffer(data, dtype=dtype).reshape(shape).astype(t.dtype, copy=False)
+
+
+def array_to_tensor(name: str, arr: np.ndarray) -> tensor_pb2.Tensor:
+    a = np.ascontiguousarray(arr)
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    return tensor_pb2.Tensor(name=name, dtype=a.dtype.name, shape=list(a.shape), data=a.tobytes())
+
+
+def feeds_from_protos(tensors: Sequence[tensor_pb2.Tensor], max_bytes: int) -> dict[str, np.ndarray]:
+    feeds: dict[str, np.ndarray] = {}
+    for i, t in enumerate(tensors):
+        where = f"inputs[{i}]"
+        if not t.name:
+            raise InputError(f"{where}.name: must not be empty")
+        if t.name in feeds:
+            raise InputError(f"{where}.name: input {t.name!r} given twice")
+        feeds[t.name] = tensor_to_array(t, where, max_bytes)
+    return feeds
+
+
+def tensors_from_arrays(arrays: Mapping[str, np.ndarray]) -> list[tensor_pb2.Tensor]:
+    return [array_to_tensor(n, a) for n, a in arrays.items()]
+
+
+def spec_to_proto(s: TensorSpec) -> tensor_pb2.TensorSpec:
+    return tensor_pb2.TensorSpec(
+        name=s.name, dtype=s.dtype, shape=[-1 if d is None else d for d in s.shape], dim_names=list(s.dim_names)
+    )
+
+
+def model_info_to_proto(m: ModelInfo) -> node_agent_pb2.ModelInfo:
+    return node_agent_pb2.ModelInfo(
+        model_id=m.model_id, sha256=m.sha256, size_bytes=m.size_bytes, memory_bytes=m.memory_bytes,
+        gflop_per_inference=m.gflop_per_inference, inputs=[spec_to_proto(s) for s in m.inputs],
+        outputs=[spec_to_proto(s) for s in m.outputs], warmup_ms=m.warmup_ms,
+        emulated_ms_per_inference=m.emulated_ms_per_inference,
+    )
+
+
+def status_to_proto(s: AgentStatus, results_pending: int = 0) -> fleet_pb2.NodeStatus:
+    return fleet_pb2.NodeStatus(
+        node_id=s.node_id, profile=s.profile, slots_total=s.slots_total, slots_in_use=s.slots_in_use,
+        queue_length=s.queue_length, energy_used_wh=s.energy_used_wh, link_up=s.link_up, models=list(s.models),
+        memory_used_bytes=s.memory_used_bytes, memory_total_bytes=s.memory_total_bytes,
+        results_pending=results_pending, serving=s.serving, inferences_total=s.inferences_total,
+        compute_gflops=s.compute_gflops,
+    )
+
+
+def infer_response(model_id: str, request_id: str, out: InferOutcome) -> node_agent_pb2.InferResponse:
+    return node_agent_pb2.InferResponse(
+        model_id=model_id, request_id=request_id, outputs=tensors_from_arrays(out.outputs), real_ms=out.real_ms,
+        emulated_ms=out.emulated_ms, queue_ms=out.queue_ms, energy_wh=out.energy_wh,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LoadHeader:
+    """The first LoadModel chunk's metadata."""
+
+    model_id: str
+    sha256: str
+    total_size_bytes: int
+    path: str
+    memory_bytes: int
+    gflop_per_inference: float
+
+
+def split_load_stream(
+    chunks: Iterator[node_agent_pb2.LoadModelChunk],
+) -> tuple[LoadHeader, Iterable[bytes]]:
+    """The header from the first chunk and an iterator over the data of all chunks (lazy: streams to disk)."""
+    first = next(chunks, None)
+    if first is None:
+        raise InputError("LoadModel: empty stream (the first chunk must carry model_id and sha256)")
+    if not first.model_id:
+        raise InputError("model_id: required in the first chunk")
+    if first.gflop_per_inference < 0 or not math.isfinite(first.gflop_per_inference):
+        raise InputError(f"gflop_per_inference: must be a finite number >= 0, got {first.gflop_per_inference}")
+    header = LoadHeader(
+        first.model_id, first.sha256, first.total_size_bytes, first.path, first.memory_bytes,
+        first.gflop_per_inference,
+    )
+    if header.path and first.data:
+        raise InputError("path: give either path or data, not both")
+
+    def data() -> Iterator[bytes]:
+        if first.data:
+            yield first.data
+        for c in chunks:
+            if c.model_id and c.model_id != header.model_id:
+                raise InputError(f"model_id: later chunk names {c.model_id!r}, first named {header.model_id!r}")
+            yield c.data
+
+    return header, data()

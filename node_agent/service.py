@@ -1,0 +1,269 @@
+"""gRPC edge of the agent: the NodeAgent servicer, ``create_server`` and ``serve``.
+
+The servicer is thin: it converts protos with :mod:`node_agent.serde`, calls :class:`node_agent.agent.Agent`,
+and maps domain errors to status codes (:func:`status_for`). Health (NOT_SERVING until the model store is
+loaded) and reflection run on the same server.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import NoReturn
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from node_agent import serde
+from node_agent.agent import Agent
+from node_agent.config import LOOKAHEAD_BYTES, MAX_FRAME_BYTES, AgentConfig
+from node_agent.errors import LimitError, LinkDownError, ModelExistsError, UnknownModelError
+from node_agent.spool import ResultSpool
+from skyinfer.errors import InputError, SkyinferError
+from skyinfer.v1 import fleet_pb2, node_agent_pb2, node_agent_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = "skyinfer.v1.NodeAgent"
+LINK_POLL_S = 0.25
+
+
+def status_for(exc: Exception) -> grpc.StatusCode:
+    """The gRPC status code of a domain error (most specific class first)."""
+    if isinstance(exc, UnknownModelError):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(exc, ModelExistsError):
+        return grpc.StatusCode.ALREADY_EXISTS
+    if isinstance(exc, LimitError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(exc, InputError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(exc, LinkDownError):
+        return grpc.StatusCode.UNAVAILABLE
+    return grpc.StatusCode.INTERNAL
+
+
+def _abort(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
+    code = status_for(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        log.exception("internal error")
+    context.abort(code, str(exc))
+    raise AssertionError("unreachable: context.abort raises")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentDeps:
+    """What the servicer works on: the agent core, its result spool and the health servicer."""
+
+    agent: Agent
+    spool: ResultSpool
+    health: health.HealthServicer
+
+    @classmethod
+    def create(cls, config: AgentConfig) -> AgentDeps:
+        return cls(Agent(config), ResultSpool(config.spool_path), health.HealthServicer())
+
+
+class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
+    def __init__(self, deps: AgentDeps) -> None:
+        self.agent = deps.agent
+        self.spool = deps.spool
+        self.max_tensor_bytes = deps.agent.config.max_tensor_bytes
+
+    def LoadModel(
+        self, request_iterator: Iterator[node_agent_pb2.LoadModelChunk], context: grpc.ServicerContext
+    ) -> node_agent_pb2.ModelInfo:
+        try:
+            header, data = serde.split_load_stream(request_iterator)
+            if header.path:
+                info = self.agent.load_model_file(
+                    header.model_id, Path(header.path), header.sha256, header.memory_bytes,
+                    header.gflop_per_inference,
+                )
+            else:
+                info = self.agent.load_model(
+                    header.model_id, header.sha256, header.total_size_bytes, data, header.memory_bytes,
+                    header.gflop_per_inference,
+                )
+            return serde.model_info_to_proto(info)
+        except SkyinferError as exc:
+            _abort(context, exc)
+
+    def ListModels(
+        self, request: node_agent_pb2.ListModelsRequest, context: grpc.ServicerContext
+    ) -> node_agent_pb2.ListModelsResponse:
+        return node_agent_pb2.ListModelsResponse(
+            models=[serde.model_info_to_proto(m) for m in self.agent.list_models()]
+        )
+
+    def UnloadModel(
+        self, request: node_agent_pb2.UnloadModelRequest, context: grpc.ServicerContext
+    ) -> node_agent_pb2.UnloadModelResponse:
+        try:
+            self.agent.unload_model(request.model_id, request.delete_from_store)
+        except SkyinferError as exc:
+            _abort(context, exc)
+        return node_agent_pb2.UnloadModelResponse(unloaded=True)
+
+    def _infer(
+        self, request: node_agent_pb2.InferRequest, context: grpc.ServicerContext, gone: threading.Event
+    ) -> node_agent_pb2.InferResponse:
+        if not request.model_id:
+            raise InputError("model_id: required")
+        self.agent.model(request.model_id)  # NOT_FOUND before decoding tensors
+        feeds = serde.feeds_from_protos(request.inputs, self.max_tensor_bytes)
+        out = self.agent.infer(request.model_id, feeds, simulated_clock=request.simulated_clock, cancelled=gone)
+        self._wait_link(context)
+        return serde.infer_response(request.model_id, request.request_id, out)
+
+    @staticmethod
+    def _on_termination(context: grpc.ServicerContext) -> threading.Event:
+        """Set when the call ends: a caller that gives up (cancel, deadline) frees its slot instead of
+        leaving it asleep for the rest of the emulated time."""
+        gone = threading.Event()
+        context.add_callback(gone.set)
+        return gone
+
+    def _wait_link(self, context: grpc.ServicerContext) -> None:
+        """Hold the result while the link is down, for as long as the caller waits (its deadline)."""
+        while not self.agent.link_up:
+            remaining = context.time_remaining()
+            if not context.is_active() or (remaining is not None and remaining <= LINK_POLL_S):
+                raise LinkDownError(f"link: {self.agent.config.node_id!r} has no contact; result not delivered")
+            try:
+                self.agent.wait_link_up(LINK_POLL_S)
+            except LinkDownError:
+                continue
+
+    def Infer(
+        self, request: node_agent_pb2.InferRequest, context: grpc.ServicerContext
+    ) -> node_agent_pb2.InferResponse:
+        try:
+            return self._infer(request, context, self._on_termination(context))
+        except SkyinferError as exc:
+            _abort(context, exc)
+
+    def InferStream(
+        self, request_iterator: Iterator[node_agent_pb2.InferRequest], context: grpc.ServicerContext
+    ) -> Iterator[node_agent_pb2.InferResponse]:
+        gone = self._on_termination(context)
+        for i, request in enumerate(request_iterator):
+            try:
+                yield self._infer(request, context, gone)
+            except SkyinferError as exc:
+                code = status_for(exc)
+                context.abort(code, f"requests[{i}]: {exc}")
+
+    def GetStatus(
+        self, request: node_agent_pb2.GetStatusRequest, context: grpc.ServicerContext
+    ) -> fleet_pb2.NodeStatus:
+        return serde.status_to_proto(self.agent.status(), len(self.spool))
+
+    def SetLinkState(
+        self, request: fleet_pb2.SetLink, context: grpc.ServicerContext
+    ) -> fleet_pb2.NodeStatus:
+        self.agent.set_link(request.up)
+        return serde.status_to_proto(self.agent.status(), len(self.spool))
+
+
+def server_credentials(config: AgentConfig) -> grpc.ServerCredentials | None:
+    """TLS credentials when configured; with a CA the server requires client certificates (mutual TLS)."""
+    if config.tls is None:
+        return None
+    cert, key, ca = config.tls.read()
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+
+
+def create_server(config: AgentConfig, deps: AgentDeps) -> tuple[grpc.Server, int]:
+    """A bound, not yet started gRPC server with NodeAgent, health (NOT_SERVING) and reflection.
+
+    Returns
+    -------
+    (server, port)
+        ``port`` is the bound port (useful with ``:0``).
+    """
+    options = [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.http2.lookahead_bytes", LOOKAHEAD_BYTES),
+        ("grpc.http2.max_frame_size", MAX_FRAME_BYTES),
+    ]
+    workers = max(8, 4 * config.profile.slots) + 4
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agent-rpc"),
+                         options=options)
+    node_agent_pb2_grpc.add_NodeAgentServicer_to_server(NodeAgentServicer(deps), server)
+    health_pb2_grpc.add_HealthServicer_to_server(deps.health, server)
+    for name in ("", SERVICE_NAME):
+        deps.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        (node_agent_pb2.DESCRIPTOR.services_by_name["NodeAgent"].full_name, health.SERVICE_NAME,
+         reflection.SERVICE_NAME),
+        server,
+    )
+    creds = server_credentials(config)
+    port = server.add_secure_port(config.listen, creds) if creds else server.add_insecure_port(config.listen)
+    if port == 0:
+        raise InputError(f"listen: cannot bind {config.listen}")
+    return server, port
+
+
+def set_serving(deps: AgentDeps, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    deps.agent.serving = serving
+    for name in ("", SERVICE_NAME):
+        deps.health.set(name, status)
+
+
+def serve(
+    config: AgentConfig, *, on_listening: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """Run an agent until SIGTERM/SIGINT (or ``stop`` is set); graceful shutdown; returns an exit code."""
+    from node_agent.fleet_client import FleetClient  # only agents with --scheduler need it
+
+    stop = stop or threading.Event()
+    deps = AgentDeps.create(config)
+    server, port = create_server(config, deps)
+    server.start()
+    host = config.listen.rsplit(":", 1)[0]
+    address = f"{host}:{port}"
+    if on_listening is not None:
+        on_listening(address)
+    if threading.current_thread() is threading.main_thread():
+        def _on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %d: shutting down", signum)
+            stop.set()
+
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGINT, _on_signal)
+    client: FleetClient | None = None
+    try:
+        t0 = time.perf_counter()
+        deps.agent.load_store()
+        for model_id, path in config.preload:
+            deps.agent.load_model_file(model_id, path)  # a bad file is a configuration mistake: exit 2
+        set_serving(deps, True)
+        log.info("serving on %s after %.0f ms (%d models)", address, (time.perf_counter() - t0) * 1e3,
+                 len(deps.agent.list_models()))
+        if config.scheduler_address:
+            client = FleetClient(config, deps.agent, deps.spool, config.advertise_address or address)
+            client.start()
+        stop.wait()
+    finally:
+        deps.health.enter_graceful_shutdown()
+        deps.agent.serving = False
+        if client is not None:
+            client.stop()
+        server.stop(config.grace_s).wait()
+    log.info("stopped")
+    sys.stdout.flush()
+    return 0
