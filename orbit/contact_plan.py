@@ -11,11 +11,14 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
-import networkx as nx
 import numpy as np
 
 from orbit.types import Constellation, GroundStation
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 SPEED_OF_LIGHT_KM_S = 299_792.458
 
@@ -240,6 +243,8 @@ class ContactPlan:
 
         Ground edges carry ``elevation``-independent attributes only (``kind="ground"``).
         """
+        import networkx as nx  # imported here: processes that never route (agents) skip its import cost
+
         g = nx.Graph()
         g.add_nodes_from(self.constellation.names, kind="satellite")
         g.add_nodes_from((station_node(s.name) for s in self.stations), kind="station")
@@ -284,6 +289,8 @@ class ContactPlan:
         (transmission may begin any time within the contact, so routing code
         must use ``end_s`` as the latest usable time).
         """
+        import networkx as nx
+
         g = nx.MultiDiGraph()
         times: dict[str, set[float]] = {n: {0.0, self.duration_s} for n in self.node_names()}
         contacts = self.contacts()

@@ -5,21 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orbit.build import build_contact_plan
-from orbit.catalog import load_omm, load_tle
-from orbit.contact_plan import ContactPlan
-from orbit.export import contact_plan_to_csv, contact_plan_to_ion, contact_plan_to_json
-from orbit.stations import load_stations_csv, parse_station_spec
-from orbit.types import DEFAULT_MIN_ELEVATION_DEG, Constellation, GroundStation, IslConfig, Satellite
-from orbit.walker import WalkerSpec, walker_shell
+from orbit.types import DEFAULT_MIN_ELEVATION_DEG
 from skyinfer.errors import InputError
-from skyinfer.fileio import write_atomic
-from skyinfer.progress import Progress
-from skyinfer.scenario import load_scenario
-from skyinfer.timefmt import format_offset_utc, format_utc, parse_duration_s, parse_utc
 
+if TYPE_CHECKING:
+    from orbit.contact_plan import ContactPlan
+    from orbit.types import Constellation
+
+# The computation modules are imported inside the functions: every `skyinfer` subcommand builds
+# this parser, and an agent process should not pay for skyfield and networkx it never uses.
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
@@ -59,6 +55,10 @@ def add_parser(sub: Any) -> None:
 
 def _constellation(args: argparse.Namespace, warnings: list[str], scenario_constellation: Constellation | None,
                    start_utc: Any) -> Constellation:
+    from orbit.catalog import load_omm, load_tle
+    from orbit.types import Constellation, Satellite
+    from orbit.walker import WalkerSpec, walker_shell
+
     sources = [bool(args.tle), bool(args.omm), bool(args.walker)]
     if sum(sources) > 1:
         raise InputError("give only one of --tle, --omm, --walker (or a --scenario)")
@@ -87,6 +87,15 @@ def _constellation(args: argparse.Namespace, warnings: list[str], scenario_const
 
 
 def run(args: argparse.Namespace) -> int:
+    from orbit.build import build_contact_plan
+    from orbit.export import contact_plan_to_csv, contact_plan_to_ion, contact_plan_to_json
+    from orbit.stations import load_stations_csv, parse_station_spec
+    from orbit.types import GroundStation, IslConfig
+    from skyinfer.fileio import write_atomic
+    from skyinfer.progress import Progress
+    from skyinfer.scenario import load_scenario
+    from skyinfer.timefmt import parse_duration_s, parse_utc
+
     warnings: list[str] = []
     scenario = load_scenario(args.scenario, skip_invalid=args.skip_invalid) if args.scenario else None
     if scenario is not None:
@@ -165,6 +174,8 @@ def _dur(seconds: float) -> str:
 
 def render_table(plan: ContactPlan) -> str:
     """A person-readable contact plan."""
+    from skyinfer.timefmt import format_offset_utc, format_utc
+
     names = plan.constellation.names
     epoch = plan.start_utc
     lines = [
