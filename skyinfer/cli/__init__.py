@@ -20,6 +20,7 @@ from skyinfer.errors import InputError, SkyinferError
 # Subcommand modules, in the order `skyinfer --help` lists them.
 SUBCOMMANDS: tuple[str, ...] = (
     "skyinfer.cli.windows",
+    "skyinfer.cli.plan",
     "skyinfer.cli.agent",
 )
 
