@@ -21,6 +21,7 @@ from skyinfer.errors import InputError, SkyinferError
 SUBCOMMANDS: tuple[str, ...] = (
     "skyinfer.cli.windows",
     "skyinfer.cli.plan",
+    "skyinfer.cli.serve",
     "skyinfer.cli.agent",
 )
 

@@ -1,0 +1,523 @@
+"""The planning loop: re-plan as jobs and nodes come and go, dispatch work when the contact plan allows.
+
+One thread. It wakes on a trigger (job arrival, cancellation, a result, an agent registering, a node lost),
+waits ``debounce_s`` so that a burst of submits costs one re-plan, and also re-plans every ``period_s``.
+Between re-plans it does the cheap bookkeeping on time: nodes that stopped heartbeating are marked lost and
+their work goes back to PENDING (and is re-planned without them); jobs whose deadline passed become
+EXPIRED; scheduled jobs are dispatched once the contact plan says their input (and model) has reached the
+node; dispatched jobs are RUNNING from their planned start while their agent heartbeats.
+
+Stability: work already DISPATCHED or RUNNING is passed to the planner as fixed; SCHEDULED jobs are hints
+(the previous plan), so they move only when the planner finds a better plan. A job the planner cannot place
+for a reason that only gets worse with time (``deadline``, ``no-contact``, ``model-uplink``) is EXPIRED
+with that reason; for other reasons (capacity, energy) it stays PENDING and the reason is shown.
+
+The planner runs on the clock's "now" converted to seconds after the contact plan's epoch; with a
+:class:`~scheduler.clock.SimClock` the same loop replays a scenario (call :meth:`PlanningLoop.run_once`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import concurrent.futures.process
+import contextlib
+import dataclasses
+import logging
+import math
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from scheduler import planner
+from scheduler.clock import Clock, SimClock
+from scheduler.fleet import FleetRegistry
+from scheduler.service import JobService
+from scheduler.store import (
+    ACTIVE_STATES,
+    JobRecord,
+    JobState,
+    NewTransition,
+    NodeRecord,
+    Placement,
+    Store,
+    StoredPlan,
+    TransitionRecord,
+)
+from scheduler.types import Job, NodeProfile, Plan, Problem, ScheduledJob
+from skyinfer.errors import InputError
+from skyinfer.timefmt import format_utc
+from skyinfer.v1 import fleet_pb2
+
+log = logging.getLogger(__name__)
+
+# Unschedulable reasons that can only get worse as time passes: the job is EXPIRED with that reason.
+EXPIRE_CODES = frozenset({"deadline", "no-contact", "model-uplink"})
+_IN_FLIGHT = frozenset({JobState.DISPATCHED, JobState.RUNNING})
+
+
+@dataclass(frozen=True, slots=True)
+class LoopConfig:
+    """Planner settings and timing of the loop (seconds of the service clock)."""
+
+    policy: str = "greedy"
+    time_limit_s: float = 5.0
+    workers: int = 1
+    seed: int = 0
+    debounce_s: float = 0.2  # real seconds
+    # Real seconds between the end of one re-plan and the start of the next triggered one: under a steady
+    # stream of submits the planner (which shares the process) runs at most this often.
+    min_interval_s: float = 1.0
+    period_s: float = 60.0
+    tick_s: float = 1.0  # bookkeeping interval (lost nodes, dispatch) when nothing else wakes the loop
+    # Plan in a worker process: the planner is CPU-bound Python and would otherwise hold the GIL away from
+    # the gRPC server for whole seconds on large backlogs. The worker builds its own copy of the base
+    # problem with the server's (picklable) loader.
+    planner_process: bool = False
+
+    def __post_init__(self) -> None:
+        if self.policy not in planner.POLICIES:
+            raise InputError(f"policy: unknown policy {self.policy!r}; expected one of {', '.join(planner.POLICIES)}")
+        for name in ("time_limit_s", "period_s", "tick_s"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"{name}: must be positive")
+        if self.debounce_s < 0:
+            raise InputError("debounce_s: must be >= 0")
+        if self.min_interval_s < 0:
+            raise InputError("min_interval_s: must be >= 0")
+        if self.workers < 0:
+            raise InputError("workers: must be >= 0")
+
+
+def to_problem_job(job: JobRecord, epoch: datetime) -> Job:
+    """A stored job as the planner sees it (times in seconds after ``epoch``)."""
+    spec = job.spec
+    submit_s = (job.submit_utc - epoch).total_seconds()
+    return Job(job_id=job.job_id, model_id=spec.model_id, priority=spec.priority, submit_s=submit_s,
+               deadline_s=(spec.deadline_utc - epoch).total_seconds(), input_bytes=spec.input_bytes,
+               output_bytes=spec.output_bytes, tiles=spec.tiles, source=spec.source, destination=spec.destination)
+
+
+def ready_s(sj: ScheduledJob) -> float:
+    """When the input (and the model, if uplinked) has reached the node according to the contact plan."""
+    ends = [h.end_s for h in (*sj.input_route, *sj.model_route)]
+    return max(ends) if ends else sj.start_s
+
+
+def placement_of(sj: ScheduledJob, epoch: datetime) -> Placement:
+    return Placement(sj.node, epoch + timedelta(seconds=sj.start_s), epoch + timedelta(seconds=sj.end_s),
+                     epoch + timedelta(seconds=sj.arrival_s))
+
+
+def reason_code(reason: str) -> str:
+    return reason.split(":", 1)[0].strip()
+
+
+@dataclass(frozen=True, slots=True)
+class RoundResult:
+    """A planner round's answer: the plan, and the rolled node profiles (battery carried to ``now_s``)."""
+
+    plan: Plan
+    profiles_by_node: dict[str, NodeProfile]
+    now_s: float
+
+
+def plan_round(problem: Problem, previous: Plan, now_s: float, config: LoopConfig) -> RoundResult:
+    """One re-plan: :func:`scheduler.planner.replan` plus the rolled problem's state to carry over."""
+    plan = planner.replan(problem, previous, now_s, policy=config.policy, time_limit_s=config.time_limit_s,
+                          workers=config.workers, seed=config.seed)
+    rolled = planner.rolled_problem(problem, previous, now_s)
+    return RoundResult(plan, rolled.profiles_by_node, rolled.now_s)
+
+
+_WORKER_BASE: Problem | None = None
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    # A SIGKILLed server cannot shut its pool down: the worker notices it was re-parented and exits.
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    os._exit(0)
+
+
+def _worker_init(load_problem: Callable[[], Problem], parent_pid: int) -> None:
+    global _WORKER_BASE
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+    # Planning is background work: under CPU pressure the gRPC server (accepting and acknowledging
+    # jobs) goes first; the planner takes what is left.
+    with contextlib.suppress(OSError):
+        os.nice(10)
+    _WORKER_BASE = load_problem()
+
+
+def _worker_round(jobs: tuple[Job, ...], fixed: tuple[ScheduledJob, ...], profiles: dict[str, NodeProfile],
+                  problem_now_s: float, previous: Plan, now_s: float, config: LoopConfig) -> RoundResult:
+    assert _WORKER_BASE is not None, "planner worker not initialised"
+    problem = dataclasses.replace(_WORKER_BASE, jobs=jobs, fixed=fixed, profiles_by_node=profiles,
+                                  now_s=problem_now_s)
+    return plan_round(problem, previous, now_s, config)
+
+
+class PlannerProcess:
+    """A one-worker process pool that plans rounds on its own copy of the base problem."""
+
+    def __init__(self, load_problem: Callable[[], Problem]) -> None:
+        self._load_problem = load_problem
+        self._closed = False
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        # spawn, not fork: the server process runs threads (gRPC, SQLite writer) that fork would not copy.
+        return concurrent.futures.ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+            initargs=(self._load_problem, os.getpid()))
+
+    def round(self, problem: Problem, previous: Plan, now_s: float, config: LoopConfig) -> RoundResult:
+        args = (problem.jobs, problem.fixed, problem.profiles_by_node, problem.now_s, previous, now_s, config)
+        try:
+            return self._pool.submit(_worker_round, *args).result()
+        except concurrent.futures.process.BrokenProcessPool:
+            if self._closed:
+                raise
+            # The worker died (killed, out of memory): start a fresh one and try this round once more.
+            log.warning("planner worker died; starting a new one")
+            self._pool = self._new_pool()
+            return self._pool.submit(_worker_round, *args).result()
+
+    def close(self) -> None:
+        """Stop now: a round in progress is abandoned (its caller gets BrokenProcessPool)."""
+        self._closed = True
+        processes = list(getattr(self._pool, "_processes", {}).values())  # no public handle on the workers
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            proc.terminate()
+        for proc in processes:
+            proc.join(10)
+
+
+class PlanningLoop:
+    """Re-plans and dispatches in a background thread; :meth:`run_once` does one round synchronously."""
+
+    def __init__(self, store: Store, service: JobService, clock: Clock, fleet: FleetRegistry,
+                 config: LoopConfig) -> None:
+        self._store = store
+        self._service = service
+        self._clock = clock
+        self._fleet = fleet
+        self.config = config
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._reasons: list[str] = []
+        self._cancelled: list[str] = []
+        self._registered: set[str] = set()
+        self._base: Problem | None = None
+        self._thread: threading.Thread | None = None
+        self._worker: PlannerProcess | None = None
+        self._last_plan_mono_s = 0.0
+        self._last_plan_end_mono_s = 0.0
+        self._next_due: datetime | None = None  # when the next job event (arrival, start, deadline) is due
+        self.rounds = 0
+        store.add_listener(self._on_events)
+
+    # -- control --------------------------------------------------------------------------------------------
+    def start(self, problem: Problem, *, background: bool = True,
+              load_problem: Callable[[], Problem] | None = None) -> None:
+        """Begin with the base ``problem`` (scenario + contact plan; its jobs are ignored).
+
+        With ``config.planner_process``, ``load_problem`` (picklable) builds the worker's copy of it.
+        """
+        self._base = dataclasses.replace(problem, jobs=(), fixed=())
+        if self.config.planner_process:
+            if load_problem is None:
+                raise ValueError("planner_process needs load_problem")
+            self._worker = PlannerProcess(load_problem)
+        self.trigger("start")
+        if background:
+            self._thread = threading.Thread(target=self._run, name="planning-loop", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._worker is not None:
+            self._worker.close()  # first: a long planning round must not hold up the shutdown
+        if self._thread is not None:
+            self._thread.join()
+
+    def trigger(self, reason: str) -> None:
+        with self._lock:
+            self._reasons.append(reason)
+        self._wake.set()
+
+    def node_registered(self, node_id: str) -> None:
+        """An agent (re)connected: re-send its in-flight work (agents dedup by work id) and re-plan."""
+        with self._lock:
+            self._registered.add(node_id)
+        self.trigger(f"node {node_id} registered")
+
+    def _on_events(self, events: list[TransitionRecord]) -> None:
+        # Runs in the store's writer thread: only note what happened.
+        arrivals = sum(1 for e in events if e.from_state is None)
+        cancelled = [e.job_id for e in events if e.to_state is JobState.CANCELLED and e.from_state in _IN_FLIGHT]
+        cancels = any(e.to_state is JobState.CANCELLED for e in events)
+        if cancelled:
+            with self._lock:
+                self._cancelled.extend(cancelled)
+        if arrivals:
+            self.trigger(f"{arrivals} job(s) arrived")
+        elif cancels:
+            self.trigger("cancellation")
+
+    # -- thread ---------------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        next_wake_s = 0.0
+        while not self._stopping.is_set():
+            fired = self._clock.wait(self._wake, next_wake_s)
+            if self._stopping.is_set():
+                break
+            if fired and self.config.debounce_s > 0:
+                # Debounce: let a burst of triggers accumulate, then plan once. Real time, also under a
+                # simulated clock: it is about how fast requests arrive, not about the scenario's time.
+                since_s = time.monotonic() - self._last_plan_end_mono_s
+                self._stopping.wait(max(self.config.debounce_s, self.config.min_interval_s - since_s))
+            self._wake.clear()
+            with self._lock:
+                reasons, self._reasons = self._reasons, []
+            periodic = time.monotonic() - self._last_plan_mono_s >= self.config.period_s
+            try:
+                next_wake_s = self.run_once(replan=bool(reasons) or periodic,
+                                            why=", ".join(reasons[:3]) or "periodic")
+            except Exception:
+                if self._stopping.is_set():
+                    break
+                log.exception("planning round failed; retrying in %.0f s", self.config.tick_s)
+                next_wake_s = self.config.tick_s
+
+    # -- one round ------------------------------------------------------------------------------------------
+    def run_once(self, *, replan: bool = True, why: str = "") -> float:
+        """Bookkeeping, optionally a re-plan, then dispatch. Returns the seconds until the next round is due."""
+        base = self._base
+        if base is None:
+            raise RuntimeError("PlanningLoop.start was not called")
+        now = self._clock.now()
+        replan = self._handle_lost_nodes(now) or replan
+        self._send_cancels()
+        with self._lock:
+            registered = bool(self._registered)
+        if not replan and not registered and self._next_due is not None and now < self._next_due:
+            # Nothing is due (no input arrival, planned start or deadline) and nothing happened: skip the
+            # scan of every active job, which is what costs on a large backlog.
+            left_s = (self._next_due - now).total_seconds()
+            return max(0.01, min(left_s, self.config.tick_s, self._period_left_s()))
+        jobs = self._store.active_jobs()
+        expired = self._expire(jobs, now)
+        if expired:
+            replan = True
+            jobs = [j for j in jobs if j.job_id not in expired]
+        if replan:
+            self._replan(base, jobs, now, why)
+            jobs = self._store.active_jobs()
+        self._resend_registered(jobs)
+        self._dispatch(jobs, now)
+        return self._next_wake_s(jobs, now)
+
+    def _handle_lost_nodes(self, now: datetime) -> bool:
+        lost = self._fleet.collect_lost()
+        if not lost:
+            return False
+        jobs = self._store.active_jobs()
+        for node in lost:
+            log.warning("fleet: node %s lost (no heartbeat for %.0f s)", node, self._fleet.lost_after_s)
+            self._store.upsert_node(NodeRecord(node, "lost", now, (),
+                                               f"no heartbeat for {self._fleet.lost_after_s:g} s"))
+            changes = [NewTransition(j.job_id, JobState.PENDING,
+                                     f"node-lost: {node} missed heartbeats for {self._fleet.lost_after_s:g} s; "
+                                     "re-planning", expect=frozenset({j.state}), work_id="")
+                       for j in jobs if j.node == node and j.state in (*_IN_FLIGHT, JobState.SCHEDULED)]
+            if changes:
+                self._store.transition(changes, now=now)
+        return True
+
+    def _send_cancels(self) -> None:
+        with self._lock:
+            job_ids, self._cancelled = self._cancelled, []
+        for job in self._store.get_many(job_ids).values():
+            if job.work_id and job.node:
+                self._fleet.send(job.node, fleet_pb2.SchedulerMessage(cancel=fleet_pb2.Cancel(work_id=job.work_id)))
+
+    def _expire(self, jobs: Iterable[JobRecord], now: datetime) -> set[str]:
+        late = [j for j in jobs if j.spec.deadline_utc <= now]
+        if not late:
+            return set()
+        changes = [NewTransition(j.job_id, JobState.EXPIRED,
+                                 f"deadline: {format_utc(j.spec.deadline_utc)} passed before the result was delivered",
+                                 node=j.node, expect=frozenset({j.state})) for j in late]
+        done = self._store.transition(changes, now=now)
+        for j, rec in zip(late, done, strict=True):
+            if rec is not None and j.state in _IN_FLIGHT and j.work_id:
+                self._fleet.send(j.node, fleet_pb2.SchedulerMessage(cancel=fleet_pb2.Cancel(work_id=j.work_id)))
+        return {rec.job_id for rec in done if rec is not None}
+
+    def _replan(self, base: Problem, jobs: list[JobRecord], now: datetime, why: str) -> None:
+        epoch = base.epoch_utc
+        now_s = max((now - epoch).total_seconds(), base.now_s)
+        stored = self._service.plan()
+        prev_by_id: dict[str, ScheduledJob] = {}
+        if stored is not None and stored.epoch_utc == epoch:
+            prev_by_id = {sj.job_id: sj for sj in stored.plan.scheduled}
+        lost = self._fleet.lost()
+        fixed: list[ScheduledJob] = []
+        hints: list[ScheduledJob] = []
+        pjobs: list[Job] = []
+        for j in jobs:
+            prev = prev_by_id.get(j.job_id)
+            if j.state in _IN_FLIGHT:
+                if prev is None or prev.node != j.node or j.node in lost:
+                    continue  # in flight without a known placement: wait for its result or deadline
+                fixed.append(prev)
+            elif prev is not None and prev.start_s >= now_s and prev.node not in lost:
+                hints.append(prev)
+            pjobs.append(to_problem_job(j, epoch))
+        profiles = {n: p for n, p in base.profiles_by_node.items() if n not in lost}
+        problem = dataclasses.replace(base, jobs=tuple(pjobs), fixed=tuple(fixed), profiles_by_node=profiles)
+        # The previous plan as the planner's hint: in-flight work (already fixed) and the placements of
+        # jobs not yet started. Placements whose start passed without a dispatch (agent absent) are left
+        # out so that those jobs are placed afresh instead of being fixed where they never ran.
+        previous = Plan(policy=self.config.policy, scheduled=(*fixed, *hints), unschedulable=(), objective=0.0,
+                        bound=0.0)
+        started = time.perf_counter()
+        if self._worker is not None:
+            result = self._worker.round(problem, previous, now_s, self.config)
+        else:
+            result = plan_round(problem, previous, now_s, self.config)
+        plan = result.plan
+        # Battery charge carries over between rounds (lost nodes keep their last known profile).
+        self._base = dataclasses.replace(base, now_s=result.now_s, jobs=(), fixed=(),
+                                         profiles_by_node={**base.profiles_by_node, **result.profiles_by_node})
+        self._last_plan_mono_s = time.monotonic()
+        self.rounds += 1
+        stored_plan = StoredPlan(epoch_utc=epoch, planned_at_utc=now, plan=plan)
+        self._store.save_plan(stored_plan)
+        self._service.set_plan(stored_plan)
+        self._apply(plan, jobs, epoch, now)
+        self._last_plan_end_mono_s = time.monotonic()
+        log.info("re-planned (%s) at %s: %d jobs, %d scheduled, %d unschedulable, objective %.0f/%.0f, %.2f s",
+                 why, format_utc(now), len(pjobs), len(plan.scheduled), len(plan.unschedulable), plan.objective,
+                 plan.bound, time.perf_counter() - started)
+
+    def _apply(self, plan: Plan, jobs: list[JobRecord], epoch: datetime, now: datetime) -> None:
+        by_id = {j.job_id: j for j in jobs}
+        changes: list[NewTransition] = []
+        placements: dict[str, Placement] = {}
+        reasons: dict[str, str] = {}
+        for sj in plan.scheduled:
+            job = by_id.get(sj.job_id)
+            if job is None or job.state in _IN_FLIGHT:
+                continue
+            where = placement_of(sj, epoch)
+            text = (f"planned on {sj.node}: start {format_utc(where.start_utc)}, result on the ground by "
+                    f"{format_utc(where.arrival_utc)}")
+            if job.state is JobState.PENDING or job.node != sj.node:
+                changes.append(NewTransition(job.job_id, JobState.SCHEDULED, text, node=sj.node, placement=where,
+                                             expect=frozenset({job.state})))
+            else:
+                placements[job.job_id] = where
+        for u in plan.unschedulable:
+            job = by_id.get(u.job_id)
+            if job is None or job.state in _IN_FLIGHT:
+                continue
+            if reason_code(u.reason) in EXPIRE_CODES:
+                changes.append(NewTransition(job.job_id, JobState.EXPIRED, u.reason, expect=frozenset({job.state})))
+            elif job.state is JobState.SCHEDULED:
+                changes.append(NewTransition(job.job_id, JobState.PENDING, u.reason, expect=frozenset({job.state})))
+            elif job.reason != u.reason:
+                reasons[job.job_id] = u.reason
+        if changes:
+            self._store.transition(changes, now=now)
+        if placements:
+            self._store.update_placements(placements)
+        if reasons:
+            self._store.set_reasons(reasons)
+
+    def _work_for(self, job: JobRecord, work_id: str, now: datetime) -> fleet_pb2.SchedulerMessage:
+        start = job.placement.start_utc if job.placement is not None else now
+        simulated = isinstance(self._clock, SimClock)
+        not_before = 0.0 if simulated else time.time() + max(0.0, (start - now).total_seconds())
+        return fleet_pb2.SchedulerMessage(work=fleet_pb2.Work(
+            work_id=work_id, job_id=job.job_id, model_id=job.spec.model_id, tiles=job.spec.tiles,
+            not_before_unix_s=not_before, simulated_clock=simulated, return_outputs=True))
+
+    def _resend_registered(self, jobs: list[JobRecord]) -> None:
+        with self._lock:
+            nodes, self._registered = self._registered, set()
+        if not nodes:
+            return
+        now = self._clock.now()
+        for job in jobs:
+            if job.state in _IN_FLIGHT and job.node in nodes and job.work_id:
+                self._fleet.send(job.node, self._work_for(job, job.work_id, now))
+
+    def _dispatch(self, jobs: list[JobRecord], now: datetime) -> None:
+        stored = self._service.plan()
+        if stored is None:
+            return
+        epoch = stored.epoch_utc
+        now_s = (now - epoch).total_seconds()
+        by_id = {sj.job_id: sj for sj in stored.plan.scheduled}
+        connected = self._fleet.connected()
+        changes: list[NewTransition] = []
+        outgoing: list[tuple[str, fleet_pb2.SchedulerMessage]] = []
+        for job in jobs:
+            sj = by_id.get(job.job_id)
+            if sj is None or sj.node != job.node or job.node not in connected:
+                continue
+            if job.state is JobState.SCHEDULED and now_s >= ready_s(sj):
+                # The contact plan says the input (and model) has reached the node: hand the work over.
+                work_id = f"{job.job_id}.{round(now.timestamp() * 1000)}"
+                changes.append(NewTransition(job.job_id, JobState.DISPATCHED,
+                                             f"sent to {job.node} (input on board at "
+                                             f"{format_utc(epoch + timedelta(seconds=ready_s(sj)))})",
+                                             node=job.node, expect=frozenset({JobState.SCHEDULED}), work_id=work_id))
+                outgoing.append((job.node, self._work_for(job, work_id, now)))
+            elif job.state is JobState.DISPATCHED and now_s >= sj.start_s:
+                changes.append(NewTransition(job.job_id, JobState.RUNNING,
+                                             f"running on {job.node} since its planned start (agent heartbeating)",
+                                             node=job.node, expect=frozenset({JobState.DISPATCHED})))
+        if not changes:
+            return
+        # Commit first, then send: after a crash the DISPATCHED job is re-sent when its agent reconnects.
+        done = self._store.transition(changes, now=now)
+        sent = {rec.job_id for rec in done if rec is not None and rec.to_state is JobState.DISPATCHED}
+        for node, msg in outgoing:
+            if msg.work.job_id in sent:
+                self._fleet.send(node, msg)
+
+    def _period_left_s(self) -> float:
+        return self.config.period_s - (time.monotonic() - self._last_plan_mono_s)
+
+    def _next_wake_s(self, jobs: list[JobRecord], now: datetime) -> float:
+        """Seconds until something is due: an input arrives, a planned start, a deadline, or the next tick.
+
+        Also records when the next job event is due (:attr:`_next_due`), so that ticks before it are cheap.
+        """
+        due: list[float] = [math.inf]
+        stored = self._service.plan()
+        by_id = {sj.job_id: sj for sj in stored.plan.scheduled} if stored is not None else {}
+        epoch = stored.epoch_utc if stored is not None else now
+        for job in jobs:
+            if job.state not in ACTIVE_STATES:
+                continue
+            due.append((job.spec.deadline_utc - now).total_seconds())
+            sj = by_id.get(job.job_id)
+            if sj is not None:
+                for t_s in (ready_s(sj), sj.start_s):
+                    delta = (epoch + timedelta(seconds=t_s) - now).total_seconds()
+                    if delta > 0:
+                        due.append(delta)
+        job_due_s = min(due)
+        self._next_due = now + timedelta(seconds=job_due_s) if math.isfinite(job_due_s) else None
+        return max(0.01, min(job_due_s, self.config.tick_s, self._period_left_s()))
