@@ -18,7 +18,6 @@ import pytest
 import skyinfer.cli as cli
 
 DATA = Path(__file__).parent / "data"
-PLAN_MODULE = "skyinfer.cli.plan"
 
 SCENARIO = """\
 name: plan-cli
@@ -46,13 +45,6 @@ jobs:
   - {{id: hopeless, model: cloudmask@1, deadline: 1h, input_bytes: 1TB, output_bytes: 1MB,
      source: {{uplink: {{}}}}}}
 """
-
-
-@pytest.fixture(autouse=True)
-def _registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Until the lead adds the module to SUBCOMMANDS (skyinfer/cli/__init__.py), register it for the test.
-    if PLAN_MODULE not in cli.SUBCOMMANDS:
-        monkeypatch.setattr(cli, "SUBCOMMANDS", (*cli.SUBCOMMANDS, PLAN_MODULE))
 
 
 @pytest.fixture(scope="module")
@@ -110,15 +102,11 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, scenario: Path, capsys:
 
 def test_subprocess_entry_point(scenario: Path, tmp_path: Path) -> None:
     out = tmp_path / "plan.json"
-    # Registers the subcommand the same way as the fixture above when the lead has not yet done it.
-    code = ("import sys, skyinfer.cli as c\n"
-            f"if {PLAN_MODULE!r} not in c.SUBCOMMANDS:\n"
-            f"    c.SUBCOMMANDS = (*c.SUBCOMMANDS, {PLAN_MODULE!r})\n"
-            "sys.exit(c.main(sys.argv[1:]))\n")
-    proc = subprocess.run([sys.executable, "-c", code, "plan", "--scenario", str(scenario), "--policy", "greedy",
-                           "--out", str(out), "--format", "json"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "skyinfer.cli", "plan", "--scenario", str(scenario),
+                           "--policy", "greedy", "--out", str(out), "--format", "json"],
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())["policy"] == "greedy"
-    proc = subprocess.run([sys.executable, "-c", code, "validate-plan", "--scenario", str(scenario), "--plan",
+    proc = subprocess.run([sys.executable, "-m", "skyinfer.cli", "validate-plan", "--scenario", str(scenario), "--plan",
                            str(tmp_path / "nope.json")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
