@@ -17,8 +17,12 @@ Two implementations answer the same questions: Python Dijkstras
 (:func:`earliest_arrival`, :func:`latest_departure`; one query, routes
 directly) and numpy batches (:func:`forward_batch`, :func:`reverse_batch`;
 hundreds of queries at once as a vectorised Bellman-Ford over the contacts,
-routes recovered with :func:`forward_path` / :func:`reverse_path`). Tests check
-both against an independent fixed-point solution.
+routes recovered with :func:`forward_path` / :func:`reverse_path`). When every
+inter-satellite link lasts the whole plan (+Grid), :class:`ForwardSearches` /
+:class:`ReverseSearches` answer the batch questions exactly from all-pairs
+fastest mesh routes (:func:`static_isl`) plus the one time-dependent hop
+(uplink or downlink), and fall back to the batches otherwise. Tests check all
+of them against an independent fixed-point solution.
 
 All times are seconds after ``Problem.epoch_utc``.
 """
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -36,8 +40,11 @@ from scheduler.types import Hop, Problem
 
 __all__ = [
     "ContactTable",
+    "ForwardSearches",
     "OutputOption",
+    "ReverseSearches",
     "Route",
+    "StaticIsl",
     "chain_timing",
     "contact_table",
     "earliest_arrival",
@@ -45,6 +52,7 @@ __all__ = [
     "forward_path",
     "forward_search",
     "hops_to",
+    "isl_path",
     "latest_departure",
     "link_capacities",
     "option_from_chain",
@@ -53,6 +61,7 @@ __all__ = [
     "reverse_batch",
     "reverse_path",
     "reverse_search",
+    "static_isl",
     "station_nodes",
 ]
 
@@ -116,6 +125,14 @@ class ContactTable:
     capacity_bytes: np.ndarray  # (C,) int64
     out_edges: tuple[tuple[tuple[float, float, int, float, int], ...], ...]
     in_edges: tuple[tuple[tuple[float, float, int, float, int], ...], ...]
+    # The same columns as Python lists: per-hop code indexes them one element at a time, where numpy
+    # scalar access costs far more than the arithmetic.
+    start_list: list[float] = field(default_factory=list)
+    end_list: list[float] = field(default_factory=list)
+    rate_list: list[float] = field(default_factory=list)
+    capacity_list: list[int] = field(default_factory=list)
+    src_name: list[str] = field(default_factory=list)
+    dst_name: list[str] = field(default_factory=list)
 
 
 # One table per live Problem (keyed by id; the Problem is kept so the id cannot be reused).
@@ -126,20 +143,6 @@ _TABLE_CACHE_SIZE = 8
 def station_nodes(problem: Problem) -> tuple[str, ...]:
     """Graph node names of every ground station (``gs:<name>``)."""
     return tuple(f"gs:{s.name}" for s in problem.contact_plan.stations)
-
-
-def _contact_rate_bps(problem: Problem, c: Contact, class_by_station: dict[str, str]) -> float:
-    profiles = problem.profiles_by_node
-    if c.kind == "ground_up":
-        prof = profiles.get(c.dst)
-        return prof.uplink_rate_bps(class_by_station[c.src]) if prof is not None else 0.0
-    if c.kind == "ground_down":
-        prof = profiles.get(c.src)
-        return prof.downlink_rate_bps(class_by_station[c.dst]) if prof is not None else 0.0
-    pa, pb = profiles.get(c.src), profiles.get(c.dst)
-    if pa is None or pb is None:
-        return 0.0
-    return min(pa.isl_bps, pb.isl_bps)
 
 
 def contact_table(problem: Problem) -> ContactTable:
@@ -160,23 +163,46 @@ def _build_table(problem: Problem) -> ContactTable:
     contacts = tuple(plan.contacts())
     nodes = tuple(plan.node_names())
     node_index = {n: i for i, n in enumerate(nodes)}
-    class_by_station = {f"gs:{s.name}": s.station_class for s in plan.stations}
-    n_c = len(contacts)
-    src = np.fromiter((node_index[c.src] for c in contacts), np.int64, n_c)
-    dst = np.fromiter((node_index[c.dst] for c in contacts), np.int64, n_c)
-    start = np.fromiter((c.start_s for c in contacts), np.float64, n_c)
-    end = np.fromiter((c.end_s for c in contacts), np.float64, n_c)
-    rate = np.fromiter((_contact_rate_bps(problem, c, class_by_station) for c in contacts), np.float64, n_c)
+    n_c, n_v = len(contacts), len(nodes)
+    src_name = [c.src for c in contacts]
+    dst_name = [c.dst for c in contacts]
+    src = np.array([node_index[n] for n in src_name], dtype=np.int64).reshape(n_c)
+    dst = np.array([node_index[n] for n in dst_name], dtype=np.int64).reshape(n_c)
+    start = np.array([c.start_s for c in contacts], dtype=np.float64).reshape(n_c)
+    end = np.array([c.end_s for c in contacts], dtype=np.float64).reshape(n_c)
+    kind = np.array([{"ground_up": 0, "ground_down": 1}.get(c.kind, 2) for c in contacts], dtype=np.int64).reshape(n_c)
+    # Rates by lookup: (satellite, station) tables for ground links, per node for ISLs.
+    stations = [f"gs:{s.name}" for s in plan.stations]
+    column = np.zeros(n_v, dtype=np.int64)  # station node -> its column (0 elsewhere: masked out below)
+    column[[node_index[st] for st in stations]] = np.arange(len(stations))
+    up = np.zeros((n_v, max(len(stations), 1)))
+    down = np.zeros((n_v, max(len(stations), 1)))
+    isl_bps = np.zeros(n_v)
+    for name, prof in problem.profiles_by_node.items():
+        i = node_index.get(name)
+        if i is None:
+            continue
+        isl_bps[i] = prof.isl_bps
+        for k, st in enumerate(plan.stations):
+            up[i, k] = prof.uplink_rate_bps(st.station_class)
+            down[i, k] = prof.downlink_rate_bps(st.station_class)
+    rate = np.where(kind == 0, up[dst, column[src]], np.where(kind == 1, down[src, column[dst]],
+                                                               np.minimum(isl_bps[src], isl_bps[dst])))
     capacity = np.floor(rate * np.maximum(end - start, 0.0) / 8.0).astype(np.int64)
-    out_edges: list[list[tuple[float, float, int, float, int]]] = [[] for _ in nodes]
-    in_edges: list[list[tuple[float, float, int, float, int]]] = [[] for _ in nodes]
-    for i in np.flatnonzero(rate > 0.0):
-        s, d = int(src[i]), int(dst[i])
-        out_edges[s].append((float(start[i]), float(end[i]), d, float(rate[i]), int(i)))
-        in_edges[d].append((float(start[i]), float(end[i]), s, float(rate[i]), int(i)))
+    # Adjacency of usable contacts as (start_s, end_s, other, rate_bps, contact), sorted like the tuples.
+    usable = np.flatnonzero(rate > 0.0)
+    out_edges: list[tuple[tuple[float, float, int, float, int], ...]] = []
+    in_edges: list[tuple[tuple[float, float, int, float, int], ...]] = []
+    for own, other, edges in ((src, dst, out_edges), (dst, src, in_edges)):
+        sel = usable[np.lexsort((usable, rate[usable], other[usable], end[usable], start[usable], own[usable]))]
+        rows = list(zip(start[sel].tolist(), end[sel].tolist(), other[sel].tolist(), rate[sel].tolist(),
+                        sel.tolist(), strict=True))
+        bounds = np.searchsorted(own[sel], np.arange(n_v + 1)).tolist()
+        edges.extend(tuple(rows[bounds[v]:bounds[v + 1]]) for v in range(n_v))
     is_station = np.array([n.startswith("gs:") for n in nodes], dtype=bool)
     return ContactTable(contacts, nodes, node_index, is_station, src, dst, start, end, rate, capacity,
-                        tuple(tuple(sorted(e)) for e in out_edges), tuple(tuple(sorted(e)) for e in in_edges))
+                        tuple(out_edges), tuple(in_edges),
+                        start.tolist(), end.tolist(), rate.tolist(), capacity.tolist(), src_name, dst_name)
 
 
 def link_capacities(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
@@ -368,11 +394,14 @@ def chain_timing(
     latest = math.inf
     k = -math.inf
     cum = 0.0
+    starts, ends = table.start_list, table.end_list
     for ci, d in zip(contact_ids, durations_s, strict=True):
         cum += d
-        end = float(table.end_s[ci])
-        latest = min(latest, end - cum)
-        k = max(k, float(table.start_s[ci])) + d
+        end = ends[ci]
+        if end - cum < latest:
+            latest = end - cum
+        start = starts[ci]
+        k = (k if k > start else start) + d
         if k > end + TIME_EPS_S:
             latest = -math.inf
     total = cum
@@ -388,13 +417,15 @@ def retime_hops(problem: Problem, hops: tuple[Hop, ...], ready_s: float) -> tupl
     when a hop would no longer fit inside its contact.
     """
     table = contact_table(problem)
+    starts, ends = table.start_list, table.end_list
     out: list[Hop] = []
     t = ready_s
     for h in hops:
         d = h.end_s - h.start_s
-        s = max(t, float(table.start_s[h.contact]))
+        start = starts[h.contact]
+        s = t if t > start else start
         e = s + d
-        if e > float(table.end_s[h.contact]) + TIME_EPS_S:
+        if e > ends[h.contact] + TIME_EPS_S:
             return None
         out.append(Hop(h.src, h.dst, s, e, h.bytes, h.contact))
         t = e
@@ -404,16 +435,19 @@ def retime_hops(problem: Problem, hops: tuple[Hop, ...], ready_s: float) -> tupl
 def option_from_chain(table: ContactTable, src: int, contact_ids: list[int], size_bytes: int,
                        deadline_s: float) -> OutputOption | None:
     """The output option of a fixed contact chain leaving node ``src``, timed exactly; None if it cannot work."""
-    durations = [8.0 * size_bytes / float(table.rate_bps[ci]) for ci in contact_ids]
+    bits = 8.0 * size_bytes
+    rates = table.rate_list
+    durations = [bits / rates[ci] for ci in contact_ids]
     latest, ready, total = chain_timing(table, contact_ids, durations, deadline_s)
     if not contact_ids or latest == -math.inf or max(latest, ready) + total > deadline_s + TIME_EPS_S:
         return None
     hops: list[Hop] = []
     t = latest
+    starts, src_name, dst_name = table.start_list, table.src_name, table.dst_name
     for ci, d in zip(contact_ids, durations, strict=True):
-        s = max(t, float(table.start_s[ci]))
-        hops.append(Hop(table.nodes[int(table.src[ci])], table.nodes[int(table.dst[ci])], s, s + d, size_bytes,
-                        ci))
+        start = starts[ci]
+        s = t if t > start else start
+        hops.append(Hop(src_name[ci], dst_name[ci], s, s + d, size_bytes, ci))
         t = s + d
     if hops[0].src != table.nodes[src]:
         return None
@@ -577,8 +611,10 @@ def forward_batch(
             src = table.src[sel]
             start = table.start_s[sel]
             size = size_bytes[rows].astype(np.float64)
-            hop = np.maximum((size * 8.0)[:, None] / table.rate_bps[sel][None, :], MIN_HOP_S)
-            limit = np.minimum(table.end_s[sel][None, :], horizon_s[rows][:, None])
+            raw = (size * 8.0)[:, None] / table.rate_bps[sel][None, :]
+            hop = np.maximum(raw, MIN_HOP_S)
+            # A hop may overrun its contact only by the padding MIN_HOP_S added to it (0-byte hops), no more.
+            limit = np.minimum(table.end_s[sel][None, :], horizon_s[rows][:, None]) + (hop - raw)
             limit[size[:, None] > table.capacity_bytes[sel][None, :]] = -np.inf
             dst = table.dst[sel]
             active = np.arange(len(rows))
@@ -594,7 +630,7 @@ def forward_batch(
                 cell = np.ix_(active, idx)
                 e = np.maximum(sub[:, src[idx]], start[idx])
                 e += hop[cell]
-                e[e > limit[cell] + MIN_HOP_S] = np.inf  # MIN_HOP_S: a zero-byte hop may end at the contact end
+                e[e > limit[cell]] = np.inf
                 best = np.minimum.reduceat(e, starts, axis=1)
                 cur = sub[:, grp]
                 better = best < cur
@@ -678,8 +714,9 @@ def reverse_batch(
             dst = table.dst[sel]
             end = table.end_s[sel]
             size = size_bytes[rows].astype(np.float64)
-            hop = np.maximum((size * 8.0)[:, None] / table.rate_bps[sel][None, :], MIN_HOP_S)
-            floor_s = np.broadcast_to(table.start_s[sel][None, :], hop.shape).copy()
+            raw = (size * 8.0)[:, None] / table.rate_bps[sel][None, :]
+            hop = np.maximum(raw, MIN_HOP_S)
+            floor_s = table.start_s[sel][None, :] - (hop - raw)  # as in forward_batch: only the padding
             floor_s[size[:, None] > table.capacity_bytes[sel][None, :]] = np.inf
             src = table.src[sel]
             active = np.arange(len(rows))
@@ -695,7 +732,7 @@ def reverse_batch(
                 cell = np.ix_(active, idx)
                 cand = np.minimum(sub[:, dst[idx]], end[idx])
                 cand -= hop[cell]
-                cand[cand < floor_s[cell] - MIN_HOP_S] = -np.inf  # MIN_HOP_S: as in forward_batch
+                cand[cand < floor_s[cell]] = -np.inf
                 best = np.maximum.reduceat(cand, starts, axis=1)
                 cur = sub[:, grp]
                 better = best > cur
@@ -736,3 +773,467 @@ def reverse_path(table: ContactTable, depart: np.ndarray, node: int, size_bytes:
         if len(chain) > len(table.nodes):
             return None
     return chain
+
+
+# -- static inter-satellite links (fast path) ------------------------------------------------------
+# Permanent ISLs (+Grid keeps every link up for the whole plan) make the satellite mesh a static
+# graph: a hop of B bytes over link (u, v) always takes B*8/rate and never waits. The fastest mesh
+# route of any size is then the shortest path under weights 1/rate (seconds per bit), computed once
+# for all pairs; a search reduces to the time-dependent first hop (an uplink) or last hop (a
+# downlink) plus a lookup. Both answers are exact (no MIN_HOP_S padding); plans whose ISLs come and
+# go (los, nearest) use the batched searches above.
+_STATIC_MAX_NODES = 4000  # (V, V) float64 distances: 128 MB at this size
+_STATIC_CACHE: dict[int, tuple[ContactTable, StaticIsl | None]] = {}
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StaticIsl:
+    """All-pairs fastest routes over permanent ISLs of a :class:`ContactTable`.
+
+    ``s_per_bit[u, v]`` is the sum of ``1/rate_bps`` along the fastest ISL route
+    from node ``u`` to ``v`` (0 on the diagonal, inf when unreachable; stations are
+    isolated); a transfer of ``B`` bytes takes ``8 * B * s_per_bit[u, v]`` seconds.
+    Every ISL lasts over ``[window_lo_s, window_hi_s]``, which covers every usable
+    contact of the plan, so no hop ever waits or falls outside its contact.
+    """
+
+    s_per_bit: np.ndarray  # (V, V) float64
+    pred: np.ndarray  # (V, V) int32, scipy predecessors (-9999: none)
+    pair_contact: dict[tuple[int, int], int]
+    window_lo_s: float
+    window_hi_s: float
+    min_capacity_bytes: float  # smallest ISL capacity: larger transfers use the batched searches
+    diameter_s_per_bit: float  # largest finite entry of s_per_bit
+    component: np.ndarray  # (V,) int64 strongly connected component of each node
+    n_components: int
+    # The mesh reversed (u <- v for each link u -> v) in CSR form over V + 1 nodes, the last one a free slot
+    # for a per-search super source: (indptr without its last entry, indices, weights in s/bit).
+    reverse_csr: tuple[np.ndarray, np.ndarray, np.ndarray]
+    # Per station set: earliest end of a downlink to it from each component (inf: none), filled on first use.
+    first_exit_end_s: dict[frozenset[int], np.ndarray] = field(default_factory=dict)
+    # Per station set: which components receive any uplink from it, filled on first use.
+    uplinked_components: dict[frozenset[int], np.ndarray] = field(default_factory=dict)
+
+
+def static_isl(table: ContactTable) -> StaticIsl | None:
+    """The static ISL routes of ``table``, or None when some usable ISL does not last the whole plan (cached)."""
+    hit = _STATIC_CACHE.get(id(table))
+    if hit is not None and hit[0] is table:
+        return hit[1]
+    result = _build_static(table)
+    if len(_STATIC_CACHE) >= _TABLE_CACHE_SIZE:
+        _STATIC_CACHE.pop(next(iter(_STATIC_CACHE)))
+    _STATIC_CACHE[id(table)] = (table, result)
+    return result
+
+
+def _build_static(table: ContactTable) -> StaticIsl | None:
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components, dijkstra
+
+    n_v = len(table.nodes)
+    usable = table.rate_bps > 0.0
+    if n_v > _STATIC_MAX_NODES or not usable.any():
+        return None
+    isl = np.flatnonzero(usable & ~table.is_station[table.src] & ~table.is_station[table.dst])
+    lo_all, hi_all = float(table.start_s[usable].min()), float(table.end_s[usable].max())
+    if len(isl) and (table.start_s[isl].max() > lo_all or table.end_s[isl].min() < hi_all):
+        return None
+    lo, hi = (float(table.start_s[isl].max()), float(table.end_s[isl].min())) if len(isl) else (-math.inf, math.inf)
+    # One edge per ordered pair: the fastest of any parallel contacts (csr_matrix would add them up).
+    weight = 1.0 / table.rate_bps[isl]
+    order = np.lexsort((weight, table.dst[isl], table.src[isl]))
+    isl, weight = isl[order], weight[order]
+    first = np.r_[True, (np.diff(table.src[isl]) != 0) | (np.diff(table.dst[isl]) != 0)] if len(isl) else \
+        np.zeros(0, dtype=bool)
+    isl, weight = isl[first], weight[first]
+    graph = csr_matrix((weight, (table.src[isl], table.dst[isl])), shape=(n_v, n_v))
+    dist, pred = dijkstra(graph, directed=True, return_predecessors=True)
+    finite = dist[np.isfinite(dist)]
+    n_comp, labels = connected_components(graph, directed=True, connection="strong")
+    rev = csr_matrix((weight, (table.dst[isl], table.src[isl])), shape=(n_v + 1, n_v + 1))
+    return StaticIsl(
+        s_per_bit=dist, pred=pred,
+        pair_contact={(int(table.src[c]), int(table.dst[c])): int(c) for c in isl},
+        window_lo_s=lo, window_hi_s=hi,
+        min_capacity_bytes=float(table.capacity_bytes[isl].min()) if len(isl) else math.inf,
+        diameter_s_per_bit=float(finite.max()) if len(finite) else 0.0,
+        component=labels.astype(np.int64), n_components=int(n_comp),
+        reverse_csr=(rev.indptr[:-1].copy(), rev.indices.copy(), rev.data.copy()),
+    )
+
+
+def isl_path(static: StaticIsl, u: int, w: int) -> list[int] | None:
+    """Contacts of the fastest static ISL route from node ``u`` to ``w`` (empty when equal; None if unreachable)."""
+    if u == w:
+        return []
+    if not math.isfinite(static.s_per_bit[u, w]):
+        return None
+    chain: list[int] = []
+    v = w
+    while v != u:
+        p = int(static.pred[u, v])
+        chain.append(static.pair_contact[(p, v)])
+        v = p
+    chain.reverse()
+    return chain
+
+
+def _transfer_s(s_per_bit: np.ndarray, bits: float) -> np.ndarray:
+    """``bits * s_per_bit`` with unreachable (inf) entries kept inf even for 0 bits."""
+    out = s_per_bit * bits if bits > 0 else np.zeros_like(s_per_bit)
+    out[~np.isfinite(s_per_bit)] = np.inf
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Links:
+    """Usable contacts from or to a set of stations, sorted (uplinks by start, downlinks by end)."""
+
+    start_s: np.ndarray
+    end_s: np.ndarray
+    rate_bps: np.ndarray
+    capacity_bytes: np.ndarray
+    sat: np.ndarray  # the satellite end
+    contact: np.ndarray
+    max_duration_s: float
+
+
+_LINKS_CACHE: dict[tuple[int, str, frozenset[int]], tuple[ContactTable, _Links]] = {}
+
+
+def _links(table: ContactTable, kind: str, stations: frozenset[int]) -> _Links:
+    key = (id(table), kind, stations)
+    hit = _LINKS_CACHE.get(key)
+    if hit is not None and hit[0] is table:
+        return hit[1]
+    st = np.zeros(len(table.nodes), dtype=bool)
+    st[list(stations)] = True
+    sat = ~table.is_station
+    if kind == "up":
+        sel = np.flatnonzero((table.rate_bps > 0.0) & st[table.src] & sat[table.dst])
+        sel = sel[np.argsort(table.start_s[sel], kind="stable")]
+        sat_end = table.dst[sel]
+    else:
+        sel = np.flatnonzero((table.rate_bps > 0.0) & st[table.dst] & sat[table.src])
+        sel = sel[np.argsort(table.end_s[sel], kind="stable")]
+        sat_end = table.src[sel]
+    dur = table.end_s[sel] - table.start_s[sel]
+    links = _Links(table.start_s[sel], table.end_s[sel], table.rate_bps[sel], table.capacity_bytes[sel], sat_end,
+                   sel, float(dur.max()) if len(sel) else 0.0)
+    if len(_LINKS_CACHE) >= 64:
+        _LINKS_CACHE.pop(next(iter(_LINKS_CACHE)))
+    _LINKS_CACHE[key] = (table, links)
+    return links
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """Where one static search's data enters (forward) or leaves (reverse) the mesh.
+
+    ``nodes[k]`` is reached at (forward) / must leave by (reverse) ``times_s[k]``
+    over ``contact[k]`` (-1: the data starts there, no hop).
+    """
+
+    nodes: np.ndarray
+    times_s: np.ndarray
+    contact: np.ndarray
+    bits: float
+
+
+def _forward_static_row(table: ContactTable, static: StaticIsl, sources: tuple[int, ...], t0_s: float,
+                        size_bytes: float, horizon_s: float) -> tuple[np.ndarray, _Entry]:
+    """Earliest arrival at every node (one :func:`forward_batch` row) over static ISLs, and its entry points."""
+    n_v = len(table.nodes)
+    bits = 8.0 * size_bytes
+    stations = frozenset(s for s in sources if table.is_station[s])
+    nodes: list[np.ndarray] = [np.array([s for s in sources if s not in stations], dtype=np.int64)]
+    times: list[np.ndarray] = [np.full(len(nodes[0]), t0_s)]
+    contacts: list[np.ndarray] = [np.full(len(nodes[0]), -1, dtype=np.int64)]
+    if stations:
+        up = _links(table, "up", stations)
+        lo = int(np.searchsorted(up.start_s, t0_s - up.max_duration_s, "left"))
+        hi_all = int(np.searchsorted(up.start_s, horizon_s, "right"))
+        # An uplink ending later than the first one of its component plus the mesh's largest transfer time is
+        # dominated (the mesh gets there first): widen the look-ahead only until no component can gain.
+        margin = bits * static.diameter_s_per_bit
+        comp = static.component
+        served = static.uplinked_components.get(stations)
+        if served is None:
+            served = np.zeros(static.n_components, dtype=bool)
+            served[comp[up.sat]] = True
+            static.uplinked_components[stations] = served
+        look = 2.0 * up.max_duration_s + margin + 60.0
+        while True:
+            hi = min(hi_all, int(np.searchsorted(up.start_s, t0_s + look, "right")))
+            start, end, rate = up.start_s[lo:hi], up.end_s[lo:hi], up.rate_bps[lo:hi]
+            e = np.maximum(start, t0_s) + bits / rate
+            ok = (e <= np.minimum(end, horizon_s)) & (up.capacity_bytes[lo:hi] >= size_bytes)
+            if hi == hi_all:
+                break
+            first = np.full(static.n_components, np.inf)
+            np.minimum.at(first, comp[up.sat[lo:hi][ok]], e[ok])
+            if bool(np.all(~served | (first + margin <= t0_s + look))):
+                break
+            look *= 4.0
+        idx = np.flatnonzero(ok)
+        if len(idx):
+            # First uplink per satellite: sort by (satellite, arrival) and keep each satellite's first.
+            sat, e_ok = up.sat[lo:hi][idx], e[idx]
+            order = np.lexsort((e_ok, sat))
+            keep = order[np.r_[True, sat[order][1:] != sat[order][:-1]]]
+            nodes.append(sat[keep])
+            times.append(e_ok[keep])
+            contacts.append(up.contact[lo:hi][idx][keep])
+    entry_nodes = np.concatenate(nodes)
+    entry_t = np.concatenate(times)
+    entry_c = np.concatenate(contacts)
+    arrival = np.full(n_v, np.inf)
+    arrival[list(sources)] = t0_s
+    if len(entry_nodes):
+        np.minimum.at(arrival, entry_nodes, entry_t)
+        # Relay from the entry points in order of arrival; an entry already reached no later through the mesh is
+        # dominated (triangle inequality) and skipped, so usually only the first few are expanded.
+        order = np.argsort(entry_t, kind="stable")
+        entry_nodes, entry_t, entry_c = entry_nodes[order], entry_t[order], entry_c[order]
+        relay = np.full(n_v, np.inf)
+        used = np.zeros(len(entry_nodes), dtype=bool)
+        for lo in range(0, len(entry_nodes), 16):
+            chunk = np.arange(lo, min(lo + 16, len(entry_nodes)))
+            chunk = chunk[entry_t[chunk] < relay[entry_nodes[chunk]]]
+            if not len(chunk):
+                continue
+            used[chunk] = True
+            t_leave = np.maximum(entry_t[chunk], static.window_lo_s)
+            cand = (t_leave[:, None] + _transfer_s(static.s_per_bit[entry_nodes[chunk]], bits)).min(axis=0)
+            np.minimum(relay, cand, out=relay)
+        relay[(relay > min(horizon_s, static.window_hi_s)) | table.is_station] = np.inf
+        np.minimum(arrival, relay, out=arrival)
+        entry_nodes, entry_t, entry_c = entry_nodes[used], entry_t[used], entry_c[used]
+    return arrival, _Entry(entry_nodes, entry_t, entry_c, bits)
+
+
+def _exits_row(table: ContactTable, static: StaticIsl, targets: frozenset[int], deadline_s: float,
+               size_bytes: float) -> _Entry:
+    """Where data may leave the mesh for a target (satellite, latest downlink start) in one static reverse search.
+
+    Only the exits that can give some node its latest departure are kept (see below), each satellite once.
+    """
+    bits = 8.0 * size_bytes
+    down = _links(table, "down", targets)
+    empty = _Entry(np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64), bits)
+    if not len(down.end_s):
+        return empty
+    # Only exits within the mesh's largest transfer time of the latest one of their component (nodes of other
+    # components cannot reach it) can matter: widen the look-back until it covers them in every component.
+    margin = bits * static.diameter_s_per_bit
+    comp = static.component
+    first_end = static.first_exit_end_s.get(targets)
+    if first_end is None:
+        first_end = np.full(static.n_components, np.inf)
+        np.minimum.at(first_end, comp[down.sat], down.end_s)
+        static.first_exit_end_s[targets] = first_end
+    hi = int(np.searchsorted(down.end_s, deadline_s + down.max_duration_s, "right"))
+    look = 2.0 * down.max_duration_s + margin + 60.0
+    while True:
+        lo = int(np.searchsorted(down.end_s, deadline_s - look, "left"))
+        start, end, rate = down.start_s[lo:hi], down.end_s[lo:hi], down.rate_bps[lo:hi]
+        s = np.minimum(end, deadline_s) - bits / rate
+        ok = (s >= start) & (down.capacity_bytes[lo:hi] >= size_bytes)
+        best = np.full(static.n_components, -np.inf)
+        np.maximum.at(best, comp[down.sat[lo:hi][ok]], s[ok])
+        if lo == 0 or bool(np.all((best - margin >= deadline_s - look) | (first_end >= deadline_s - look))):
+            break
+        look *= 4.0
+    idx = np.flatnonzero(ok & (s >= best[comp[down.sat[lo:hi]]] - margin))
+    if not len(idx):
+        return empty
+    sat, s_ok = down.sat[lo:hi][idx], s[idx]
+    order = np.lexsort((-s_ok, sat))
+    keep = order[np.r_[True, sat[order][1:] != sat[order][:-1]]]
+    return _Entry(sat[keep], s_ok[keep], down.contact[lo:hi][idx][keep], bits)
+
+
+def _depart_rows(table: ContactTable, static: StaticIsl, exits: list[_Entry], targets: list[frozenset[int]],
+                 deadline_s: list[float]) -> np.ndarray:
+    """Latest departure from every node for each search given its exits: ``(R, V)`` (rows of :func:`reverse_batch`).
+
+    ``depart[u] = max_w (t_w - bits * s_per_bit[u, w])`` over the exits ``w``: a max-plus product of V x W
+    (W is often hundreds: every satellite then in view of a station). It is computed as shortest paths on the
+    reversed mesh from one super source per search, linked to each exit ``w`` with weight
+    ``offset + (latest - t_w) / bits`` (one scipy Dijkstra call for all searches of the batch); ``offset``
+    keeps those weights positive (scipy ignores explicit zeros) and is subtracted again. Searches of 0 bytes
+    or few exits take the product directly.
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import dijkstra
+
+    n_v = len(table.nodes)
+    out = np.full((len(exits), n_v), -np.inf)
+    indptr, indices, data = static.reverse_csr
+    offset = float(data.min()) if len(data) else 1e-12
+    via_graph = [r for r, e in enumerate(exits) if e.bits > 0 and len(e.nodes) > 8]
+    by_graph = set(via_graph)
+    for r, e in enumerate(exits):
+        if len(e.nodes) and r not in by_graph:
+            via = e.times_s[None, :] - _transfer_s(static.s_per_bit[:, e.nodes], e.bits)
+            out[r] = via.max(axis=1)
+    for lo in range(0, len(via_graph), 256):
+        rows = via_graph[lo:lo + 256]
+        n = n_v + len(rows)
+        latest = np.array([float(exits[r].times_s.max()) for r in rows])
+        weights = [offset + (latest[k] - exits[r].times_s) / exits[r].bits for k, r in enumerate(rows)]
+        ends = np.cumsum([len(exits[r].nodes) for r in rows]) + len(data)
+        graph = csr_matrix((np.concatenate([data, *weights]),
+                            np.concatenate([indices, *(exits[r].nodes for r in rows)]),
+                            np.r_[indptr[:n_v], len(data), ends]), shape=(n, n))
+        dist = dijkstra(graph, directed=True, indices=np.arange(n_v, n))[:, :n_v]
+        bits = np.array([exits[r].bits for r in rows])
+        out[rows] = latest[:, None] - bits[:, None] * (dist - offset)
+    # Leaving before the ISLs exist would wait: conservatively impossible (never happens when ISLs span the plan).
+    out[out < static.window_lo_s] = -np.inf
+    out[:, table.is_station] = -np.inf
+    for r, e in enumerate(exits):
+        out[r, e.nodes] = np.maximum(out[r, e.nodes], e.times_s)  # leaving by the exit's own downlink: no ISL
+        out[r, list(targets[r])] = deadline_s[r]
+    return out
+
+
+class ForwardSearches:
+    """Earliest arrivals of many queries (:func:`forward_batch` semantics) with route recovery.
+
+    Uses the static ISL fast path where it applies (exact), else the batched
+    Bellman-Ford. ``arrival`` is ``(Q, V)``; :meth:`path` gives the contacts of a
+    route achieving ``arrival[q, node]``.
+    """
+
+    def __init__(self, table: ContactTable, sources: list[tuple[int, ...]], t0_s: np.ndarray,
+                 size_bytes: np.ndarray, horizon_s: np.ndarray) -> None:
+        self.table = table
+        self.sources = sources
+        self.size_bytes = size_bytes
+        self.static = static_isl(table)
+        self.entries: dict[int, _Entry] = {}  # static rows with station sources: where data enters the mesh
+        self.single: dict[int, int] = {}  # static rows whose data starts on one satellite: that satellite
+        n_q = len(sources)
+        self.arrival = np.full((n_q, len(table.nodes)), np.inf)
+        static = self.static
+        batch = [q for q in range(n_q) if static is None or size_bytes[q] > static.min_capacity_bytes]
+        if static is not None:
+            single: list[int] = []
+            for q in range(n_q):
+                if size_bytes[q] > static.min_capacity_bytes:
+                    continue
+                if len(sources[q]) == 1 and not table.is_station[sources[q][0]]:
+                    single.append(q)
+                else:
+                    self.arrival[q], self.entries[q] = _forward_static_row(
+                        table, static, sources[q], float(t0_s[q]), float(size_bytes[q]), float(horizon_s[q]))
+            self._single_source_rows(np.array(single, dtype=np.int64), t0_s, horizon_s)
+        if batch:
+            rows = np.array(batch)
+            self.arrival[rows] = forward_batch(table, [sources[q] for q in batch], t0_s[rows], size_bytes[rows],
+                                               horizon_s[rows])
+
+    @property
+    def static_rows(self) -> set[int]:
+        """The queries answered by the static ISL fast path (the others ran batched)."""
+        return set(self.entries) | set(self.single)
+
+    def _single_source_rows(self, rows: np.ndarray, t0_s: np.ndarray, horizon_s: np.ndarray) -> None:
+        """Rows whose data starts on one satellite (onboard, capture): one vectorised mesh lookup for all."""
+        static = self.static
+        assert static is not None
+        table = self.table
+        for lo in range(0, len(rows), 512):
+            qs = rows[lo:lo + 512]
+            src = np.array([self.sources[q][0] for q in qs], dtype=np.int64)
+            bits = 8.0 * self.size_bytes[qs]
+            per_bit = static.s_per_bit[src]
+            with np.errstate(invalid="ignore"):  # 0 bits x inf (unreachable): reset to inf below
+                arr = np.maximum(t0_s[qs], static.window_lo_s)[:, None] + bits[:, None] * per_bit
+            arr[~np.isfinite(per_bit)] = np.inf
+            arr[arr > np.minimum(horizon_s[qs], static.window_hi_s)[:, None]] = np.inf
+            arr[:, table.is_station] = np.inf
+            arr[np.arange(len(qs)), src] = t0_s[qs]
+            self.arrival[qs] = arr
+            self.single.update(zip(qs.tolist(), src.tolist(), strict=True))
+
+    def path(self, q: int, node: int) -> list[int] | None:
+        """Contacts (in order) of a route reaching ``node`` at ``arrival[q, node]``; None if unreachable."""
+        if not math.isfinite(self.arrival[q, node]):
+            return None
+        if self.static is not None and q in self.single:
+            return isl_path(self.static, self.single[q], node)
+        entry = self.entries.get(q)
+        if entry is None or self.static is None:
+            return forward_path(self.table, self.arrival[q], node, int(self.size_bytes[q]), self.sources[q])
+        if node in self.sources[q]:
+            return []
+        if not len(entry.nodes):
+            return None
+        via = np.maximum(entry.times_s, self.static.window_lo_s) + _transfer_s(
+            self.static.s_per_bit[entry.nodes, node], entry.bits)
+        direct = entry.nodes == node
+        via[direct] = entry.times_s[direct]
+        k = int(np.argmin(via))
+        mesh = isl_path(self.static, int(entry.nodes[k]), node)
+        if mesh is None or not math.isfinite(via[k]):
+            return None
+        return ([int(entry.contact[k])] if entry.contact[k] >= 0 else []) + mesh
+
+
+class ReverseSearches:
+    """Latest departures of many queries (:func:`reverse_batch` semantics) with route recovery.
+
+    Uses the static ISL fast path where it applies (exact), else the batched
+    search. ``depart`` is ``(Q, V)``; :meth:`path` gives the contacts of a route
+    achieving ``depart[q, node]``.
+    """
+
+    def __init__(self, table: ContactTable, targets: list[frozenset[int]], deadline_s: np.ndarray,
+                 size_bytes: np.ndarray, not_before_s: np.ndarray) -> None:
+        self.table = table
+        self.targets = targets
+        self.size_bytes = size_bytes
+        self.static = static_isl(table)
+        self.exits: dict[int, _Entry] = {}
+        n_q = len(targets)
+        self.depart = np.full((n_q, len(table.nodes)), -np.inf)
+        static = self.static
+        batch = [q for q in range(n_q) if static is None or size_bytes[q] > static.min_capacity_bytes]
+        if static is not None:
+            fast = [q for q in range(n_q) if size_bytes[q] <= static.min_capacity_bytes]
+            for q in fast:
+                self.exits[q] = _exits_row(table, static, targets[q], float(deadline_s[q]), float(size_bytes[q]))
+            if fast:
+                self.depart[fast] = _depart_rows(table, static, [self.exits[q] for q in fast],
+                                                 [targets[q] for q in fast], [float(deadline_s[q]) for q in fast])
+        if batch:
+            rows = np.array(batch)
+            self.depart[rows] = reverse_batch(table, [targets[q] for q in batch], deadline_s[rows],
+                                              size_bytes[rows], not_before_s[rows])
+
+    @property
+    def static_rows(self) -> set[int]:
+        """The queries answered by the static ISL fast path (the others ran batched)."""
+        return set(self.exits)
+
+    def path(self, q: int, node: int) -> list[int] | None:
+        """Contacts (in order) of a route leaving ``node`` at ``depart[q, node]`` to a target; None if none."""
+        if not math.isfinite(self.depart[q, node]):
+            return None
+        exits = self.exits.get(q)
+        if exits is None or self.static is None:
+            return reverse_path(self.table, self.depart[q], node, int(self.size_bytes[q]), self.targets[q])
+        if node in self.targets[q] or not len(exits.nodes):
+            return None
+        per_bit = self.static.s_per_bit[node, exits.nodes]
+        # inf (no route) gives -inf; with 0 bits only reachability counts.
+        via = exits.times_s - exits.bits * per_bit if exits.bits > 0 else np.where(
+            np.isfinite(per_bit), exits.times_s, -np.inf)
+        k = int(np.argmax(via))
+        mesh = isl_path(self.static, node, int(exits.nodes[k]))
+        if mesh is None or not math.isfinite(via[k]):
+            return None
+        return [*mesh, int(exits.contact[k])]
