@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import hypothesis
 import pytest
 
 from orbit.catalog import load_tle
@@ -29,3 +31,10 @@ def real_stations() -> tuple[GroundStation, ...]:
         GroundStation("hartebeesthoek", -25.89, 27.69, 1540.0, 7.5, "x-band"),
         GroundStation("awarua", -46.53, 168.38, 10.0, 0.0, "x-band"),
     )
+
+
+# Property tests draw from a fixed seed: the suite gives the same answer on every run and in CI
+# (set HYPOTHESIS_PROFILE=explore to search with fresh random seeds).
+hypothesis.settings.register_profile("repeatable", derandomize=True, database=None)
+hypothesis.settings.register_profile("explore", derandomize=False)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
