@@ -140,3 +140,46 @@ def test_abandoned_submits_are_not_written_and_do_not_break_the_writer(tmp_path:
         assert set(stored.values()) == kept
         assert not {f"r{i}" for i in abandoned} & set(stored)
         assert store.submit(_spec(), now=NOW)[1]  # the writer is alive
+
+
+def test_failing_requests_do_not_undo_the_rest_of_their_batch(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db") as store:
+        store.submit(_spec(), now=NOW, request_id="dup")
+        a = store.submit(_spec(), now=NOW)[0].job_id
+        b = store.submit(_spec(), now=NOW)[0].job_id
+        store.transition([NewTransition(b, JobState.CANCELLED, "test")], now=NOW)
+        held, release = threading.Event(), threading.Event()
+
+        def hold_first_batch(events: object) -> None:  # keeps the writer busy while the next batch queues up
+            if not held.is_set():
+                held.set()
+                release.wait(10)
+
+        store.add_listener(hold_first_batch)
+        blocker = store.submit_async(_spec(), now=NOW, request_id="blocker")
+        assert held.wait(10)
+        commits = store.commits
+        # Every third request reuses "dup" for a different job: ConflictError, rolled back to its savepoint.
+        futures = [store.submit_async(_spec(priority=2 if i % 3 == 0 else 1), now=NOW,
+                                      request_id="dup" if i % 3 == 0 else f"ok{i}") for i in range(30)]
+        # A write that fails after its first change was applied: that change must be undone, nothing else.
+        failing = store.transition_async([NewTransition(a, JobState.CANCELLED, "test"),
+                                          NewTransition(b, JobState.SCHEDULED, "test")], now=NOW)
+        futures += [store.submit_async(_spec(), now=NOW, request_id=f"ok{i}") for i in range(30, 33)]
+        release.set()
+        blocker.result()
+        created = []
+        with pytest.raises(TransitionError, match="CANCELLED"):
+            failing.result()
+        for i, fut in enumerate(futures):
+            if i % 3 == 0 and i < 30:
+                with pytest.raises(ConflictError, match="request_id"):
+                    fut.result()
+            else:
+                created.append(fut.result()[0].job_id)
+        assert store.commits == commits + 1, "the queued requests should form one batch"
+        assert len(store.list_jobs(limit=1000)) == 4 + 23
+        assert store.get(a).state is JobState.PENDING
+        assert [t.to_state for t in store.transitions(a)] == [JobState.PENDING]
+        for job_id in created:
+            assert [t.to_state for t in store.transitions(job_id)] == [JobState.PENDING]
