@@ -12,7 +12,7 @@ $(BIN)/skyinfer: pyproject.toml
 	touch $@
 
 demo: $(BIN)/skyinfer
-	$(BIN)/skyinfer windows --scenario scenarios/demo.yaml --sunlight
+	$(BIN)/skyinfer replay scenarios/demo.yaml --out out/demo
 
 lint: $(BIN)/skyinfer
 	$(BIN)/ruff check .
@@ -30,6 +30,11 @@ protos: $(BIN)/skyinfer
 
 bench: $(BIN)/skyinfer
 	$(BIN)/python benchmarks/bench_contacts.py
+	$(BIN)/python benchmarks/bench_isl.py
+	$(BIN)/python benchmarks/bench_planner.py --case all
+	$(BIN)/python benchmarks/bench_service.py
+	$(BIN)/python benchmarks/bench_agent.py
+	$(BIN)/python benchmarks/bench_replay.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -23,6 +23,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "skyinfer.cli.plan",
     "skyinfer.cli.serve",
     "skyinfer.cli.agent",
+    "skyinfer.cli.replay",
 )
 
 EXIT_OK = 0
