@@ -111,8 +111,8 @@ def _number(node: Node, *, min_value: float | None = None, max_value: float | No
     return node.as_float(min_value=min_value, max_value=max_value)
 
 
-def _bytes(node: Node, *, min_value: int = 0) -> int:
-    """A size in bytes: a number or a number with a unit (``40MB``, ``1.5GiB``)."""
+def parse_size_bytes(node: Node, *, min_value: int = 0) -> int:
+    """A size in bytes: a number or a number with a unit (``40MB``, ``1.5GiB``, ``1e5``); the one size parser."""
     v = node.value
     if isinstance(v, bool) or not isinstance(v, int | float | str):
         raise node.error(f"expected a size in bytes (e.g. 40000000 or 40MB), got {v!r}")
@@ -171,9 +171,9 @@ def parse_models(node: Node | None) -> dict[str, ModelSpec]:
         try:
             models[model_id] = ModelSpec(
                 model_id=model_id,
-                size_bytes=_bytes(keys["size_bytes"], min_value=1),
+                size_bytes=parse_size_bytes(keys["size_bytes"], min_value=1),
                 sha256=keys["sha256"].as_str().strip() if "sha256" in keys else "",
-                memory_bytes=_bytes(keys["memory_bytes"], min_value=1),
+                memory_bytes=parse_size_bytes(keys["memory_bytes"], min_value=1),
                 gflop_per_inference=(_number(keys["gflop_per_inference"], min_value=1e-9, max_value=1e9)
                                      if "gflop_per_inference" in keys else None),
                 reference_ms=(_number(keys["reference_ms"], min_value=1e-6, max_value=1e9)
@@ -220,7 +220,7 @@ def _profile(name: str, item: Node, known: dict[str, NodeProfile], models: dict[
             values[key] = _number(keys[key])
     for key in PROFILE_BYTES_KEYS:
         if key in keys:
-            values[key] = _bytes(keys[key], min_value=1)
+            values[key] = parse_size_bytes(keys[key], min_value=1)
     if "slots" in keys:
         values["slots"] = _int(keys["slots"], 1, 1024)
     for key in ("uplink_bps", "downlink_bps"):
@@ -395,8 +395,8 @@ def parse_jobs(node: Node | None, *, epoch_utc: datetime, duration_s: float, mod
                 priority=_int(keys["priority"], 1, 1000) if "priority" in keys else 1,
                 submit_s=submit_s,
                 deadline_s=deadline_s,
-                input_bytes=_bytes(keys["input_bytes"]),
-                output_bytes=_bytes(keys["output_bytes"]),
+                input_bytes=parse_size_bytes(keys["input_bytes"]),
+                output_bytes=parse_size_bytes(keys["output_bytes"]),
                 tiles=_int(keys["tiles"], 1, 10**7) if "tiles" in keys else 1,
                 source=_source(keys["source"], satellites, stations),
                 destination=_station_name(keys["destination"], stations) if "destination" in keys else None,

@@ -11,11 +11,6 @@ from skyinfer.errors import InputError
 from skyinfer.timefmt import parse_duration_s, parse_utc
 
 _ZERO_RE = re.compile(r"^0+(\.0*)?\s*(ms|s|m|min|h|d)?$")
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kKMGT]i?B|B)?\s*$")
-_SIZE_UNIT_BYTES = {
-    "B": 1, "kB": 10**3, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-    "KiB": 2**10, "kiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
-}
 
 
 def duration_s(node: Node, *, allow_zero: bool = False) -> float:
@@ -45,18 +40,10 @@ def offset_s(node: Node, epoch_utc: datetime) -> float:
 
 
 def size_bytes(node: Node) -> int:
-    """A size: an integer number of bytes or a string such as ``250MB``, ``1.5GB``, ``64KiB`` (SI and IEC)."""
-    v = node.value
-    if isinstance(v, bool) or v is None:
-        raise node.error(f"expected a size such as 250MB, got {v!r}")
-    if isinstance(v, int):
-        if v < 0:
-            raise node.error(f"must be >= 0, got {v}")
-        return v
-    m = _SIZE_RE.match(str(v))
-    if not m:
-        raise node.error(f"expected a size such as 250MB, 1.5GB or 64KiB, got {v!r}")
-    return round(float(m.group(1)) * _SIZE_UNIT_BYTES[m.group(2) or "B"])
+    """A size: bytes as a number or with a unit (``250MB``, ``1.5GB``, ``64KiB``): the scenario's one size parser."""
+    from scheduler.problem import parse_size_bytes
+
+    return parse_size_bytes(node)
 
 
 @dataclass(frozen=True, slots=True)
