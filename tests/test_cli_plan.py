@@ -110,3 +110,15 @@ def test_subprocess_entry_point(scenario: Path, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "skyinfer.cli", "validate-plan", "--scenario", str(scenario), "--plan",
                            str(tmp_path / "nope.json")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_plan_draws_a_scenarios_generated_workload_like_replay(tmp_path: Path) -> None:
+    small = Path(__file__).parent / "replay" / "data" / "small.yaml"
+    out = tmp_path / "plan.json"
+    assert cli.main(["plan", "--scenario", str(small), "--policy", "greedy", "--format", "json",
+                     "--out", str(out)]) == 0
+    jobs = json.loads(out.read_text())["jobs"]
+    ids = {j["job_id"] for j in jobs}
+    assert "flood-uplink" in ids
+    assert any(i.startswith("eo-") for i in ids), "the workload generators' jobs are planned, not dropped"
+    assert cli.main(["validate-plan", "--scenario", str(small), "--plan", str(out)]) == 0

@@ -10,6 +10,7 @@ exits 0 when it is valid. Input mistakes exit 2 with one line naming them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -67,6 +68,14 @@ def load_problem(path: str) -> Problem:
         raise InputError(f"{path}: duration: required to plan (e.g. 24h)")
     bar = Progress("contact plan")
     try:
+        sections = scenario.root.value if scenario.root.is_mapping() else {}
+        if "workload" in sections:
+            # Generated jobs are drawn exactly as `skyinfer replay` draws them (same seed, same jobs), so a
+            # scenario plans the same workload here, in replay and in validate-plan.
+            from skyinfer.replay.run import prepare
+
+            setup = prepare(path, progress=bar).setup
+            return dataclasses.replace(setup.base_problem, jobs=setup.jobs)
         contact_plan = build_contact_plan(scenario.constellation, scenario.stations, scenario.start_utc,
                                           scenario.duration_s, isl=scenario.isl, sunlight=scenario.sunlight,
                                           progress=bar)
