@@ -283,7 +283,7 @@ def run_work(agent: Agent, work: fleet_pb2.Work, cancelled: threading.Event, max
         else:
             result.status = fleet_pb2.WORK_STATUS_OK
         if work.return_outputs and outputs is not None and result.status == fleet_pb2.WORK_STATUS_OK:
-            result.outputs.extend(serde.tensors_from_arrays(outputs))
+            serde.add_tensors(result.outputs, outputs)
     except SkyinferError as exc:
         result.status = fleet_pb2.WORK_STATUS_FAILED
         result.error = str(exc)

@@ -160,6 +160,8 @@ class ModelRuntime:
         self.inputs = tuple(_spec(a) for a in self.session.get_inputs())
         self.outputs = tuple(_spec(a) for a in self.session.get_outputs())
         self.output_names = [o.name for o in self.outputs]
+        # Looked up on every call: built once (spec and numpy dtype by input name).
+        self._specs_by_name = {s.name: (s, np.dtype(s.dtype)) for s in self.inputs}
         self.warmup_feeds = {s.name: np.zeros(s.concrete_shape(), dtype=s.dtype) for s in self.inputs}
         self.reference_numel = math.prod(self.inputs[0].concrete_shape()) if self.inputs else 1
         t0 = time.perf_counter()
@@ -171,23 +173,24 @@ class ModelRuntime:
 
     def check(self, feeds: Mapping[str, np.ndarray]) -> None:
         """Raise InputError naming the first input whose name, dtype or shape the model does not accept."""
-        declared = {s.name for s in self.inputs}
+        specs = self._specs_by_name
         for i, name in enumerate(feeds):
-            if name not in declared:
-                raise InputError(f"inputs[{i}].name: model has no input {name!r} (inputs: {sorted(declared)})")
+            if name not in specs:
+                raise InputError(f"inputs[{i}].name: model has no input {name!r} (inputs: {sorted(specs)})")
         for spec in self.inputs:
             if spec.name not in feeds:
                 raise InputError(f"inputs: missing input {spec.name!r}")
         for i, (name, arr) in enumerate(feeds.items()):
-            spec = next(s for s in self.inputs if s.name == name)
-            if arr.dtype != np.dtype(spec.dtype):
+            spec, dtype = specs[name]
+            if arr.dtype != dtype:
                 raise InputError(f"inputs[{i}].dtype: {name!r} expected {spec.dtype}, got {arr.dtype}")
-            got = "[" + ",".join(str(d) for d in arr.shape) + "]"
             if len(arr.shape) != len(spec.shape) or any(
                 d is not None and d != g for d, g in zip(spec.shape, arr.shape, strict=True)
             ):
+                got = "[" + ",".join(str(d) for d in arr.shape) + "]"
                 raise InputError(f"inputs[{i}].shape: {name!r} expected {spec.shape_text()}, got {got}")
-            if any(g < 1 for g in arr.shape):
+            if 0 in arr.shape:
+                got = "[" + ",".join(str(d) for d in arr.shape) + "]"
                 raise InputError(f"inputs[{i}].shape: {name!r} has an empty axis: {got}")
 
     def work_scale(self, feeds: Mapping[str, np.ndarray]) -> float:

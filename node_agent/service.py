@@ -7,7 +7,9 @@ loaded) and reflection run on the same server.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import platform
 import signal
 import sys
 import threading
@@ -25,7 +27,13 @@ from grpc_reflection.v1alpha import reflection
 
 from node_agent import serde
 from node_agent.agent import Agent
-from node_agent.config import LOOKAHEAD_BYTES, MAX_FRAME_BYTES, AgentConfig
+from node_agent.config import (
+    LOOKAHEAD_BYTES,
+    MALLOC_MMAP_THRESHOLD_BYTES,
+    MALLOC_TRIM_THRESHOLD_BYTES,
+    MAX_FRAME_BYTES,
+    AgentConfig,
+)
 from node_agent.errors import LimitError, LinkDownError, ModelExistsError, UnknownModelError
 from node_agent.spool import ResultSpool
 from skyinfer.errors import InputError, SkyinferError
@@ -34,6 +42,30 @@ from skyinfer.v1 import fleet_pb2, node_agent_pb2, node_agent_pb2_grpc
 log = logging.getLogger(__name__)
 SERVICE_NAME = "skyinfer.v1.NodeAgent"
 LINK_POLL_S = 0.25
+# mallopt(3) parameter numbers from glibc's <malloc.h>.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def tune_malloc() -> bool:
+    """Let glibc reuse the megabyte buffers of tile-sized calls instead of page-faulting them in every call.
+
+    Sets malloc's mmap threshold to ``MALLOC_MMAP_THRESHOLD_BYTES`` and its trim threshold to
+    ``MALLOC_TRIM_THRESHOLD_BYTES`` for the whole process (see :mod:`node_agent.config` for the figures).
+    Best effort: returns False, changing nothing, where the C library is not glibc (e.g. musl).
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    # The mmap threshold first: setting either one also turns off glibc's dynamic threshold adjustment.
+    ok = mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_BYTES) == 1
+    ok = mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD_BYTES) == 1 and ok
+    return ok
 
 
 def status_for(exc: Exception) -> grpc.StatusCode:
@@ -231,6 +263,8 @@ def serve(
     from node_agent.fleet_client import FleetClient  # only agents with --scheduler need it
 
     stop = stop or threading.Event()
+    if not tune_malloc():
+        log.debug("malloc tuning unavailable (not glibc): large tensors page-fault on every call")
     deps = AgentDeps.create(config)
     server, port = create_server(config, deps)
     server.start()

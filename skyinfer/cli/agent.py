@@ -176,9 +176,8 @@ def run_infer(args: argparse.Namespace) -> int:
             if model is None:
                 loaded = ", ".join(m.model_id for m in models) or "none"
                 raise InputError(f"--model: {args.model!r} is not loaded on {args.agent} (loaded: {loaded})")
-            request = node_agent_pb2.InferRequest(
-                model_id=args.model, inputs=[serde.array_to_tensor(model.inputs[0].name, arr)]
-            )
+            request = node_agent_pb2.InferRequest(model_id=args.model)
+            serde.add_tensors(request.inputs, {model.inputs[0].name: arr})
             response = stub.Infer(request, timeout=args.timeout_s)
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else None

@@ -147,7 +147,7 @@ class ProcessAgentPool(AgentPool):
     def infer(self, node: str, profile: NodeProfile, job: Job, profiles: dict[str, NodeProfile]) -> InferenceRun:
         import grpc
 
-        from node_agent.serde import tensors_from_arrays
+        from node_agent.serde import add_tensors
 
         spec = self.models[job.model_id]
         gflop = gflop_per_inference(spec, profiles)
@@ -181,9 +181,9 @@ class ProcessAgentPool(AgentPool):
                     dtype = np.dtype(s.dtype)
                     feeds[s.name] = (rng.random(shape, dtype=np.float32).astype(dtype) if dtype.kind == "f"
                                      else np.zeros(shape, dtype))
-                resp = proc.stub.Infer(pb.InferRequest(model_id=job.model_id, inputs=tensors_from_arrays(feeds),
-                                                       request_id=f"{job.job_id}", simulated_clock=True),
-                                       timeout=RPC_TIMEOUT_S)
+                request = pb.InferRequest(model_id=job.model_id, request_id=f"{job.job_id}", simulated_clock=True)
+                add_tensors(request.inputs, feeds)  # in place: no second copy of the inputs
+                resp = proc.stub.Infer(request, timeout=RPC_TIMEOUT_S)
                 real_ms += resp.real_ms
                 per_tile_ms = resp.emulated_ms
                 for t in sorted(resp.outputs, key=lambda t: t.name):
