@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from orbit.contact_plan import Contact
+from orbit.contact_plan import Contact, ContactPlan
 from scheduler.types import Hop, Problem
 
 __all__ = [
@@ -135,8 +135,10 @@ class ContactTable:
     dst_name: list[str] = field(default_factory=list)
 
 
-# One table per live Problem (keyed by id; the Problem is kept so the id cannot be reused).
-_TABLE_CACHE: dict[int, tuple[Problem, ContactTable]] = {}
+# A table depends only on the contact plan and the nodes' link rates, so re-plans that build a new Problem
+# every round (replay, the service loop) share it. The contact plan is kept so its id cannot be reused.
+_RatesKey = tuple[tuple[str, tuple[tuple[str, float], ...], tuple[tuple[str, float], ...], float], ...]
+_TABLE_CACHE: dict[tuple[int, _RatesKey], tuple[ContactPlan, ContactTable]] = {}
 _TABLE_CACHE_SIZE = 8
 
 
@@ -147,14 +149,16 @@ def station_nodes(problem: Problem) -> tuple[str, ...]:
 
 def contact_table(problem: Problem) -> ContactTable:
     """The (cached) contact table of ``problem``."""
-    key = id(problem)
+    rates: _RatesKey = tuple(sorted((name, p.uplink_bps, p.downlink_bps, p.isl_bps)
+                                    for name, p in problem.profiles_by_node.items()))
+    key = (id(problem.contact_plan), rates)
     hit = _TABLE_CACHE.get(key)
-    if hit is not None and hit[0] is problem:
+    if hit is not None and hit[0] is problem.contact_plan:
         return hit[1]
     table = _build_table(problem)
     if len(_TABLE_CACHE) >= _TABLE_CACHE_SIZE:
         _TABLE_CACHE.pop(next(iter(_TABLE_CACHE)))
-    _TABLE_CACHE[key] = (problem, table)
+    _TABLE_CACHE[key] = (problem.contact_plan, table)
     return table
 
 
