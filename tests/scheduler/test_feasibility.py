@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from conftest import SAT_A, SAT_B, SAT_C, TINY_MODEL, make_plan, tiny_job, tiny_problem
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scheduler_cases import SAT_A, SAT_B, SAT_C, TINY_MODEL, make_plan, tiny_job, tiny_problem
 
 from orbit.contact_plan import ContactPlan
 from orbit.passes import find_ground_contacts

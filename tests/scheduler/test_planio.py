@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from conftest import SAT_B, tiny_job, tiny_problem
+from scheduler_cases import SAT_B, tiny_job, tiny_problem
 
 from orbit.contact_plan import ContactPlan
 from scheduler.planio import plan_from_json, plan_table, plan_to_json

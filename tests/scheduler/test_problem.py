@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import DATA_DIR, SAT_A, SAT_B, SAT_C
+from scheduler_cases import DATA_DIR, SAT_A, SAT_B, SAT_C
 
 from orbit.contact_plan import ContactPlan
 from scheduler.problem import build_problem, profiles_by_name

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from conftest import SAT_A, SAT_B, SAT_C, make_plan, tiny_job, tiny_problem
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scheduler_cases import SAT_A, SAT_B, SAT_C, make_plan, tiny_job, tiny_problem
 
 from orbit.contact_plan import ContactPlan
 from orbit.types import Constellation, GroundStation

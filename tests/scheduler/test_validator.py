@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from conftest import SAT_A, SAT_B, SAT_C, TINY_MODEL, tiny_job, tiny_problem
+from scheduler_cases import SAT_A, SAT_B, SAT_C, TINY_MODEL, tiny_job, tiny_problem
 
 from orbit.contact_plan import ContactPlan
 from scheduler.types import (
