@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -183,12 +183,6 @@ class SunlightIntervals:
             yield SunlightInterval(int(self.sat[i]), float(self.start_s[i]), float(self.end_s[i]),
                                    int(self.state[i]))
 
-    def state_at(self, sat: int, t_s: float) -> int:
-        """Sunlight state of satellite ``sat`` at ``t_s`` (sunlit when no interval covers it)."""
-        m = (self.sat == sat) & (self.start_s <= t_s) & (t_s < self.end_s)
-        hits = np.flatnonzero(m)
-        return int(self.state[hits[0]]) if len(hits) else SUNLIGHT_SUNLIT
-
 
 @dataclass(frozen=True, slots=True)
 class Contact:
@@ -226,6 +220,8 @@ class ContactPlan:
     isl: IslContacts
     sunlight: SunlightIntervals | None
     isl_policy: str = "none"
+    # contacts() is asked for by routing, the validator, plan I/O and every replay round; build it once.
+    _contacts: list[Contact] = field(default_factory=list, init=False, repr=False)
 
     @property
     def end_utc(self) -> datetime:
@@ -266,6 +262,8 @@ class ContactPlan:
         This is the time-expanded view that contact-graph routing works on:
         a route is a sequence of contacts with non-decreasing times.
         """
+        if self._contacts or (len(self.ground) == 0 and len(self.isl) == 0):
+            return list(self._contacts)
         names = self.constellation.names
         out: list[Contact] = []
         for p in self.ground.rows():
@@ -278,7 +276,8 @@ class ContactPlan:
             out.append(Contact("isl", a, b, link.start_s, link.end_s, link.min_range_km))
             out.append(Contact("isl", b, a, link.start_s, link.end_s, link.min_range_km))
         out.sort(key=lambda c: (c.start_s, c.end_s, c.src, c.dst))
-        return out
+        self._contacts.extend(out)
+        return list(out)
 
     def time_expanded_graph(self) -> nx.MultiDiGraph:
         """A time-expanded multigraph: nodes are ``(node, t_s)`` events.

@@ -72,3 +72,35 @@ def test_ion_contacts_both_directions_bytes_per_second_and_name_map() -> None:
     assert ["a", "contact", "2023/04/20-00:00:11", "2023/04/20-00:00:20", "2", "1", "1000000000"] in contacts
     assert ["a", "range", "2023/04/20-00:00:11", "2023/04/20-00:00:20", "1", "2", "1"] in ranges
     assert len(contacts) == 6 and len(ranges) == 3
+
+
+def test_graph_at_holds_only_links_alive_at_that_instant() -> None:
+    plan = _plan()
+    g = plan.graph_at(15.0)
+    assert g.has_edge("SAT A", "SAT B") and g["SAT A"]["SAT B"]["kind"] == "isl"
+    assert g.has_edge("SAT A", "gs:Svalbard") and not g.has_edge("SAT B", "gs:Svalbard")
+    g = plan.graph_at(3700.0)
+    assert g.has_edge("SAT B", "gs:Svalbard") and not g.has_edge("SAT A", "SAT B")
+    assert set(g.nodes) == {"SAT A", "SAT B", "gs:Svalbard"}
+
+
+def test_contacts_are_one_way_both_directions_and_stable() -> None:
+    plan = _plan()
+    first = plan.contacts()
+    assert len(first) == 6  # 2 passes and 1 ISL, each both ways
+    assert {(c.src, c.dst) for c in first if c.kind == "isl"} == {("SAT A", "SAT B"), ("SAT B", "SAT A")}
+    assert [c.start_s for c in first] == sorted(c.start_s for c in first)
+    first.clear()  # callers get their own list: the plan's cached one is untouched
+    assert plan.contacts() == plan.contacts() and len(plan.contacts()) == 6
+
+
+def test_time_expanded_graph_routes_only_forward_in_time() -> None:
+    import networkx as nx
+
+    g = _plan().time_expanded_graph()
+    # Svalbard -> SAT B is possible (uplink at 3600.25 s, after waiting); SAT B -> SAT A only during the ISL at 10.4 s.
+    assert nx.has_path(g, ("gs:Svalbard", 0.0), ("SAT B", 3600.25))
+    assert nx.has_path(g, ("SAT B", 0.0), ("SAT A", 10.4))
+    assert not nx.has_path(g, ("SAT B", 3600.25), ("SAT A", 86400.0))
+    for u, v, data in g.edges(data=True):
+        assert v[1] >= u[1], (u, v, data)
