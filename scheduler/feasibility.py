@@ -9,8 +9,9 @@ stations). Whatever cannot finish is pruned; a job left without candidates gets
 the reason of the most advanced check that failed on every node (memory <
 input contact < model uplink < energy < deadline; codes in ``notes/scheduler.md``).
 
-Scale (2,000 jobs x 200 nodes in about 2 s of CPU here, 10,000 x 1,000 in
-about 13 s): the searches run through :class:`scheduler.routing.ForwardSearches`
+Scale (``benchmarks/bench_planner.py``: 2,000 jobs x 200 nodes well within
+2 s, a fifth of it finding the capture passes; 10,000 x 1,000 well within the
+30 s budget): the searches run through :class:`scheduler.routing.ForwardSearches`
 / :class:`~scheduler.routing.ReverseSearches` — exact all-pairs lookups over the
 inter-satellite mesh when its links last the whole plan (+Grid), else batched
 numpy Bellman-Ford — and are shared between jobs. A search
@@ -28,6 +29,16 @@ multi-hop earliest-arrival route, which costs a Python search per node). A node
 not kept is never proposed for that job: that cap is what keeps CP-SAT models
 of big instances tractable.
 
+What remains per kept node is plain Python over short lists (hop chains, a
+node's downlinks), so the loop avoids per-node array calls: the nodes a job
+tries come from one sort per chunk of jobs, their input and latest-departure
+chains from one array pass per job (``paths``), output options stay unbuilt
+tuples until picked, a relay neighbour whose fastest downlink cannot beat the
+best arrival so far is not scanned, volume checks add each option to the
+model's and input's bytes counted once, and the cyclic garbage collector is
+paused while the (long-lived) candidates are built. Each shortcut computes
+exactly what the plain version did (``tests/scheduler/test_feasibility_equivalence.py``).
+
 Capture jobs search from at most ``max_capture_events`` passes over the
 target after submit (default 4), earliest first among the satellites from
 which a result could still reach the ground in time.
@@ -40,7 +51,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,7 +66,10 @@ from scheduler.routing import (
     Route,
     contact_table,
     forward_search,
+    gc_paused,
     hops_to,
+    new_hop,
+    slot_setters,
 )
 from scheduler.types import (
     Candidate,
@@ -235,7 +249,11 @@ def capture_events(problem: Problem, source: CaptureSource,
 
 
 def _overloaded(table: ContactTable, *routes: tuple[Hop, ...]) -> bool:
-    """Whether these routes together put more bytes on some contact than it can carry."""
+    """Whether these routes together put more bytes on some contact than it can carry.
+
+    The plain statement of the volume check; candidate building uses its incremental form
+    (:func:`_usage`, :func:`_overloaded_with`), which tests hold to this one.
+    """
     cap = table.capacity_list
     used: dict[int, int] = {}
     for route in routes:
@@ -247,7 +265,7 @@ def _overloaded(table: ContactTable, *routes: tuple[Hop, ...]) -> bool:
     return False
 
 
-def _chain_hops(table: ContactTable, chain: list[int], size: int, t0: float) -> tuple[Hop, ...] | None:
+def _chain_hops(table: ContactTable, chain: Sequence[int], size: int, t0: float) -> tuple[Hop, ...] | None:
     """The chain of contacts sent as early as possible from ``t0`` with ``size`` bytes (None if it does not fit)."""
     hops: list[Hop] = []
     t = t0
@@ -258,7 +276,7 @@ def _chain_hops(table: ContactTable, chain: list[int], size: int, t0: float) -> 
         e = s + bits / table.rate_list[ci]
         if e > table.end_list[ci] + TIME_EPS_S:
             return None
-        hops.append(Hop(table.src_name[ci], table.dst_name[ci], s, e, size, ci))
+        hops.append(new_hop(table.src_name[ci], table.dst_name[ci], s, e, size, ci))
         t = e
     return tuple(hops)
 
@@ -268,6 +286,7 @@ class _NodeArrays:
     """Per compute node (K,) arrays of what the stage checks need."""
 
     index: np.ndarray  # (K,) int64 node index in the contact table
+    index_list: list[int]  # the same as a list (indexed one element at a time)
     names: tuple[str, ...]
     compute_gflops: np.ndarray
     memory_bytes: np.ndarray
@@ -286,8 +305,10 @@ def _node_arrays(problem: Problem, table: ContactTable) -> _NodeArrays:
     def col(values: list[float]) -> np.ndarray:
         return np.array(values, dtype=np.float64)
 
+    index = [table.node_index[n] for n in names]
     return _NodeArrays(
-        index=np.array([table.node_index[n] for n in names], dtype=np.int64),
+        index=np.array(index, dtype=np.int64),
+        index_list=index,
         names=names,
         compute_gflops=col([p.compute_gflops for p in profs]),
         memory_bytes=col([p.memory_bytes for p in profs]),
@@ -338,7 +359,11 @@ def build_candidates(problem: Problem, options: FeasibilityOptions | None = None
     computed against full link capacity (plus the candidate's own model and
     input sharing a contact); planners account for volume shared between jobs.
     """
-    opts = options or FeasibilityOptions()
+    with gc_paused():
+        return _build_candidates(problem, options or FeasibilityOptions())
+
+
+def _build_candidates(problem: Problem, opts: FeasibilityOptions) -> Feasibility:
     table = contact_table(problem)
     nodes = _node_arrays(problem, table)
     stations = tuple(int(i) for i in np.flatnonzero(table.is_station))
@@ -447,6 +472,7 @@ def build_candidates(problem: Problem, options: FeasibilityOptions | None = None
     profiles_named = {p.name: p for p in problem.profiles_by_node.values()}
     chain_cache: dict[tuple[int, int], list[int] | None] = {}
     downlinks = _Downlinks(table)
+    model_usage: dict[tuple[str, str], tuple[dict[int, int], bool]] = {}
     candidates: list[Candidate] = []
     by_job: dict[str, tuple[Candidate, ...]] = {}
     unschedulable: list[Unschedulable] = []
@@ -463,7 +489,7 @@ def build_candidates(problem: Problem, options: FeasibilityOptions | None = None
         reason = jp.reason
         if not reason:
             cands, reason = _job_candidates(problem, table, opts, jp, nodes, fwd_search, rev_search, stages.pop(k),
-                                            model_route, chain_cache, downlinks)
+                                            model_route, chain_cache, downlinks, model_usage)
         if cands:
             candidates.extend(cands)
             by_job[job.job_id] = tuple(cands)
@@ -529,6 +555,8 @@ class _Stage:
     ok_model: np.ndarray
     ok_energy: np.ndarray
     ok_all: np.ndarray
+    ranked: np.ndarray  # (H,) the first node positions of the order below (the rest is sorted when reached)
+    n_ok: int  # how many nodes pass every check
 
 
 def _stage_checks(problem: Problem, opts: FeasibilityOptions, jps: list[_JobPlan], nodes: _NodeArrays,
@@ -560,23 +588,119 @@ def _stage_checks(problem: Problem, opts: FeasibilityOptions, jps: list[_JobPlan
     ok_model = ok_input & (t_model + duration <= deadline)
     ok_energy = ok_model & nodes.idle_ok & (energy <= nodes.headroom_wh + duration / 3600.0 * nodes.surplus_w)
     ok_all = ok_energy & (release + duration <= depart + opts.time_bucket_s)
+    # The nodes a job tries: those passing every check in stable order of release (a passing node's release
+    # is finite: it meets a finite departure), from one stable sort per chunk with the others pushed last,
+    # not one sort per job. Only the head is kept (jobs rarely go further; see _ranked).
+    ranked = np.argsort(np.where(ok_all, release, np.inf), axis=1, kind="stable")[:, :_ranked_head(opts)].copy()
+    n_ok = ok_all.sum(axis=1).tolist()
     return [_Stage(best_event[j], t_model[j], duration[j], energy[j], release[j], mem_ok[j], ok_input[j],
-                   ok_model[j], ok_energy[j], ok_all[j]) for j in range(len(jps))]
+                   ok_model[j], ok_energy[j], ok_all[j], ranked[j], n_ok[j]) for j in range(len(jps))]
 
 
-def _by_release(nodes_k: np.ndarray, release_s: np.ndarray, first: int) -> Iterator[int]:
-    """``nodes_k`` in stable order of ``release_s[nodes_k]``, sorting only the ``first`` earliest up front.
+_CANDIDATE_FIELDS = ("job_id", "node", "release_s", "latest_start_s", "duration_s", "latest_end_s", "energy_wh",
+                     "input_route", "output_route", "model_route", "output_ready_s", "output_transfer_s")
+_CANDIDATE_SETTERS = slot_setters(Candidate, _CANDIDATE_FIELDS)
 
-    Usually only the first few are used (``max_nodes_per_job``); the rest is sorted only when reached. Every
-    node of the head releases no later than any of the tail, so the order is the full stable sort's.
+
+def _new_candidate(job_id: str, node: str, release_s: float, latest_start_s: float, duration_s: float,
+                   latest_end_s: float, energy_wh: float, input_route: tuple[Hop, ...], output_route: tuple[Hop, ...],
+                   model_route: tuple[Hop, ...], output_ready_s: float, output_transfer_s: float) -> Candidate:
+    """``Candidate(...)`` with the fields in declaration order, made as :func:`scheduler.routing.new_hop` makes hops."""
+    if _CANDIDATE_SETTERS is None:
+        return Candidate(job_id=job_id, node=node, release_s=release_s, latest_start_s=latest_start_s,
+                         duration_s=duration_s, latest_end_s=latest_end_s, energy_wh=energy_wh,
+                         input_route=input_route, output_route=output_route, model_route=model_route,
+                         output_ready_s=output_ready_s, output_transfer_s=output_transfer_s)
+    cand = _new_object(Candidate)
+    s_job, s_node, s_rel, s_latest, s_dur, s_end, s_energy, s_in, s_out, s_model, s_ready, s_transfer = \
+        _CANDIDATE_SETTERS
+    s_job(cand, job_id)
+    s_node(cand, node)
+    s_rel(cand, release_s)
+    s_latest(cand, latest_start_s)
+    s_dur(cand, duration_s)
+    s_end(cand, latest_end_s)
+    s_energy(cand, energy_wh)
+    s_in(cand, input_route)
+    s_out(cand, output_route)
+    s_model(cand, model_route)
+    s_ready(cand, output_ready_s)
+    s_transfer(cand, output_transfer_s)
+    return cand
+
+
+_new_object = object.__new__
+
+
+def _ranked_head(opts: FeasibilityOptions) -> int:
+    """How many of a job's nodes :func:`_stage_checks` ranks up front (a job that drops nodes goes on further)."""
+    return 4 * opts.max_nodes_per_job
+
+
+def _ranked(stage: _Stage) -> Iterator[int]:
+    """The positions of the nodes passing every check, by release (ties by position).
+
+    Usually only the first few are used (``max_nodes_per_job``): beyond the head ranked up front, the same
+    stable sort is redone for this job only when reached.
     """
-    rel = release_s[nodes_k]
-    if len(nodes_k) <= first:
-        yield from nodes_k[np.argsort(rel, kind="stable")].tolist()
-        return
-    head = rel <= np.partition(rel, first - 1)[first - 1]
-    yield from nodes_k[head][np.argsort(rel[head], kind="stable")].tolist()
-    yield from nodes_k[~head][np.argsort(rel[~head], kind="stable")].tolist()
+    head = len(stage.ranked)
+    yield from stage.ranked[:min(head, stage.n_ok)].tolist()
+    if stage.n_ok > head:
+        order = np.argsort(np.where(stage.ok_all, stage.release_s, np.inf), kind="stable")
+        yield from order[head:stage.n_ok].tolist()
+
+
+def _input_chains(jp: _JobPlan, ks: list[int], index: list[int], best_event: np.ndarray,
+                  fwd_search: ForwardSearches) -> dict[int, list[int] | None]:
+    """``fwd_search.path`` of the job's best event for each node position in ``ks`` (grouped by search row)."""
+    by_row: dict[int, list[int]] = {}
+    for k in ks:
+        by_row.setdefault(jp.forward_rows[int(best_event[k])], []).append(k)
+    out: dict[int, list[int] | None] = {}
+    for row, group in by_row.items():
+        out.update(zip(group, fwd_search.paths(row, [index[k] for k in group]), strict=True))
+    return out
+
+
+def _latest_chains(jp: _JobPlan, ks: list[int], index: list[int], rev_search: ReverseSearches,
+                   chain_cache: dict[tuple[int, int], list[int] | None]) -> None:
+    """Fill ``chain_cache`` with ``rev_search.path`` of the job's reverse row for the nodes ``ks`` (one pass)."""
+    row = jp.reverse_row
+    missing = [index[k] for k in ks if (row, index[k]) not in chain_cache]
+    if missing:
+        chain_cache.update(zip(((row, i) for i in missing), rev_search.paths(row, missing), strict=True))
+
+
+def _usage(table: ContactTable, route: tuple[Hop, ...], *, base: tuple[dict[int, int], bool] | None = None
+           ) -> tuple[dict[int, int], bool]:
+    """Bytes per contact of ``route`` on top of ``base``, and whether some contact got more than its capacity.
+
+    Hop sizes are >= 0, so a running total that once exceeds a capacity stays above it: the flag of routes
+    taken one after the other, then :func:`_overloaded_with` on one more, is :func:`_overloaded` on them all.
+    """
+    cap = table.capacity_list
+    used, over = (dict(base[0]), base[1]) if base is not None else ({}, False)
+    for h in route:
+        b = used.get(h.contact, 0) + h.bytes
+        if b > cap[h.contact]:
+            over = True
+        used[h.contact] = b
+    return used, over
+
+
+def _overloaded_with(table: ContactTable, used: dict[int, int], route: tuple[Hop, ...]) -> bool:
+    """Whether ``route`` on top of ``used`` (bytes per contact) puts more bytes on some contact than it carries."""
+    cap = table.capacity_list
+    if len(route) == 1:
+        h = route[0]
+        return used.get(h.contact, 0) + h.bytes > cap[h.contact]
+    extra: dict[int, int] = {}
+    for h in route:
+        b = used.get(h.contact, 0) + extra.get(h.contact, 0) + h.bytes
+        if b > cap[h.contact]:
+            return True
+        extra[h.contact] = extra.get(h.contact, 0) + h.bytes
+    return False
 
 
 def _job_candidates(
@@ -591,13 +715,13 @@ def _job_candidates(
     model_route: Callable[[str, int], tuple[Hop, ...] | None],
     chain_cache: dict[tuple[int, int], list[int] | None],
     downlinks: _Downlinks,
+    model_usage: dict[tuple[str, str], tuple[dict[int, int], bool]],
 ) -> tuple[list[Candidate], str]:
     job = jp.job
     model = problem.models[job.model_id]
     best_event, t_model, duration, energy = stage.best_event, stage.t_model, stage.duration_s, stage.energy_wh
-    release, mem_ok, ok_input, ok_model = stage.release_s, stage.mem_ok, stage.ok_input, stage.ok_model
-    ok_energy, ok_all = stage.ok_energy, stage.ok_all
-    if not ok_all.any():
+    mem_ok, ok_input, ok_model, ok_energy = stage.mem_ok, stage.ok_input, stage.ok_model, stage.ok_energy
+    if not stage.n_ok:
         if ok_energy.any():
             return [], _deadline_reason(job)
         if ok_model.any():
@@ -615,14 +739,19 @@ def _job_candidates(
 
     out: list[Candidate] = []
     kept = 0
-    for k in _by_release(np.flatnonzero(ok_all), release, 4 * opts.max_nodes_per_job):
+    index = nodes.index_list
+    # Routes of the nodes the job will most likely keep (the first max_nodes_per_job by release), looked up
+    # for all of them at once; a node beyond them (when some are dropped) asks on its own, same answers.
+    likely = stage.ranked[:min(stage.n_ok, opts.max_nodes_per_job)].tolist()
+    input_chains = _input_chains(jp, likely, index, best_event, fwd_search)
+    _latest_chains(jp, likely, index, rev_search, chain_cache)
+    for k in _ranked(stage):
         if kept >= opts.max_nodes_per_job:
             break
-        k = int(k)
-        node, i = nodes.names[k], int(nodes.index[k])
+        node, i = nodes.names[k], index[k]
         ev = int(best_event[k])
         sources, t0 = jp.events[ev]
-        chain = fwd_search.path(jp.forward_rows[ev], i)
+        chain = input_chains[k] if k in input_chains else fwd_search.path(jp.forward_rows[ev], i)
         input_route = None if chain is None else _chain_hops(table, chain, job.input_bytes, t0)
         if input_route is None:
             continue
@@ -632,16 +761,26 @@ def _job_candidates(
             if got is None:
                 continue
             m_route = got
-        if m_route and _overloaded(table, m_route, input_route):
-            # The model and the input compete for one contact: route the input around the model's bytes.
-            residual = table.capacity_bytes.copy()
-            for h in m_route:
-                residual[h.contact] -= h.bytes
-            fwd, pred = forward_search(table, [(s, t0) for s in sources], job.input_bytes, residual,
-                                       horizon_s=job.deadline_s)
-            if i not in fwd:
-                continue
-            input_route = hops_to(table, pred, i, job.input_bytes)
+        # Bytes the model and input put on each contact (and whether that overloads one), for the volume
+        # checks; the model's part is shared by every job of that model on the node.
+        if m_route:
+            base = model_usage.get((job.model_id, node))
+            if base is None:
+                base = model_usage[(job.model_id, node)] = _usage(table, m_route)
+            used, over = _usage(table, input_route, base=base)
+            if over:
+                # The model and the input compete for one contact: route the input around the model's bytes.
+                residual = table.capacity_bytes.copy()
+                for h in m_route:
+                    residual[h.contact] -= h.bytes
+                fwd, pred = forward_search(table, [(s, t0) for s in sources], job.input_bytes, residual,
+                                           horizon_s=job.deadline_s)
+                if i not in fwd:
+                    continue
+                input_route = hops_to(table, pred, i, job.input_bytes)
+                used, over = _usage(table, input_route, base=base)
+        else:
+            used, over = _usage(table, input_route)
         t_arrive = input_route[-1].end_s if input_route else t0
         t_m = m_route[-1].end_s if m_route else -math.inf
         rel = max(job.submit_s, problem.now_s, t_arrive, t_m)
@@ -652,14 +791,11 @@ def _job_candidates(
                                                                      chain_cache, downlinks):
             if ready > latest:
                 continue
-            timed = _chain_hops(table, list(chain_out), job.output_bytes, ready)
-            if timed is None or _overloaded(table, m_route, input_route, timed):
+            timed = _chain_hops(table, chain_out, job.output_bytes, ready)
+            if timed is None or over or _overloaded_with(table, used, timed):
                 continue
-            out.append(Candidate(
-                job_id=job.job_id, node=node, release_s=rel, latest_start_s=latest - dur,
-                duration_s=dur, latest_end_s=latest, energy_wh=float(energy[k]),
-                input_route=input_route, output_route=timed, model_route=m_route,
-                output_ready_s=out_ready, output_transfer_s=transfer))
+            out.append(_new_candidate(job.job_id, node, rel, latest - dur, dur, latest, float(energy[k]),
+                                      input_route, timed, m_route, out_ready, transfer))
             added = True
         kept += added
     if out:
@@ -667,8 +803,8 @@ def _job_candidates(
     return [], _deadline_reason(job)
 
 
-# (starts, [(start_s, end_s, rate_bps, contact)], longest duration_s), sorted by start.
-_DownlinkList = tuple[list[float], list[tuple[float, float, float, int]], float]
+# (starts, [(start_s, end_s, rate_bps, contact)], longest duration_s, fastest rate_bps), sorted by start.
+_DownlinkList = tuple[list[float], list[tuple[float, float, float, int]], float, float]
 
 
 class _Downlinks:
@@ -691,7 +827,8 @@ class _Downlinks:
         if got is None:
             edges = [(start, end, rate, ci) for start, end, v, rate, ci in self.table.out_edges[node] if v in targets]
             longest = max((e[1] - e[0] for e in edges), default=0.0)
-            got = self.by_key[key] = ([e[0] for e in edges], edges, longest)
+            fastest = max((e[2] for e in edges), default=0.0)
+            got = self.by_key[key] = ([e[0] for e in edges], edges, longest, fastest)
         return got
 
     def isl(self, node: int) -> list[tuple[float, float, int, float, int]]:
@@ -705,19 +842,27 @@ class _Downlinks:
               ) -> tuple[int | None, float]:
         """The downlink of ``node`` to a target that delivers ``bits`` first (leaving at ``ready_s`` or later)."""
         got = self.by_key.get((node, targets))
-        starts, edges, longest = got if got is not None else self.of(node, targets)
-        best, best_t = None, math.inf
-        # Contacts starting more than the longest duration before ready_s are closed by then.
-        for j in range(bisect.bisect_left(starts, ready_s - longest), len(edges)):
-            start, end, rate, ci = edges[j]
-            if start > deadline_s or start > best_t:
-                break
-            if end >= ready_s:
-                t = (start if start > ready_s else ready_s) + bits / rate
-                if t <= end and t <= deadline_s and t < best_t:
-                    best, best_t = ci, t
-        return best, best_t
+        return _first_delivery(got if got is not None else self.of(node, targets), ready_s, bits, deadline_s)
 
+
+def _first_delivery(downlinks: _DownlinkList, ready_s: float, bits: float, deadline_s: float
+                    ) -> tuple[int | None, float]:
+    """:meth:`_Downlinks.first` on one node's list: ``(contact, arrival_s)``, ``(None, inf)`` when none delivers."""
+    starts, edges, longest, _ = downlinks
+    best, best_t = None, math.inf
+    # Contacts starting more than the longest duration before ready_s are closed by then.
+    for j in range(bisect.bisect_left(starts, ready_s - longest), len(edges)):
+        start, end, rate, ci = edges[j]
+        if start > deadline_s or start > best_t:
+            break
+        if end >= ready_s:
+            t = (start if start > ready_s else ready_s) + bits / rate
+            if t <= end and t <= deadline_s and t < best_t:
+                best, best_t = ci, t
+    return best, best_t
+
+
+_MISSING: list[int] = []  # chain_cache default: a cached None means "no chain"
 
 # An output option before any Hop is built: (contacts, latest_start_s, ready_s, transfer_s) with the meaning of
 # :class:`scheduler.routing.OutputOption`. Most options are dropped by the pick; only kept ones become hops.
@@ -753,20 +898,36 @@ def _option(table: ContactTable, src: int, chain: list[int], size_bytes: int, de
 
 
 def _pick(options: list[_Option], ready_s: float, max_options: int) -> list[_Option]:
-    """:func:`scheduler.routing.pick_options` on unbuilt options (same choice, same order)."""
-    unique: dict[tuple[int, ...], _Option] = {}
+    """:func:`scheduler.routing.pick_options` on unbuilt options (same choice, same order).
+
+    Written out for the handful of options a node has (this runs for every node of every job): the first
+    option of each chain; among the usable ones the first with the largest ``(latest, -transfer)``; then the
+    others by ``(arrival, transfer)``, ties in list order as a stable sort keeps them.
+    """
+    opts: list[_Option] = []
     for o in options:
-        unique.setdefault(o[0], o)
-    opts = list(unique.values())
+        chain = o[0]
+        for p in opts:
+            if p[0] == chain:
+                break
+        else:
+            opts.append(o)
     if not opts:
         return []
     usable = [o for o in opts if o[1] >= ready_s] or opts
-    chosen = [max(usable, key=lambda o: (o[1], -o[3]))]
-    for o in sorted(usable, key=lambda o: (max(ready_s, o[2]) + o[3], o[3])):
+    best = usable[0]
+    for o in usable[1:]:
+        if o[1] > best[1] or (o[1] == best[1] and -o[3] > -best[3]):
+            best = o
+    chosen = [best]
+    if max_options <= 1 or len(usable) == 1:
+        return chosen
+    ranked = sorted([((o[2] if o[2] > ready_s else ready_s) + o[3], o[3], n) for n, o in enumerate(usable)])
+    for _, _, n in ranked:
         if len(chosen) >= max_options:
             break
-        if o not in chosen:
-            chosen.append(o)
+        if usable[n] is not best and usable[n] not in chosen:
+            chosen.append(usable[n])
     return chosen
 
 
@@ -776,29 +937,46 @@ def _output_options(table: ContactTable, jp: _JobPlan, k: int, nodes: _NodeArray
                     ) -> list[_Option]:
     """Latest-departure chain (from the shared reverse search) plus direct downlinks, timed exactly."""
     job = jp.job
-    i = int(nodes.index[k])
+    i = nodes.index_list[k]
     key = (jp.reverse_row, i)
-    if key not in chain_cache:  # jobs sharing a reverse search share its chains
-        chain_cache[key] = rev_search.path(jp.reverse_row, i)
-    latest_chain = chain_cache[key]
+    latest_chain = chain_cache.get(key, _MISSING)
+    if latest_chain is _MISSING:  # jobs sharing a reverse search share its chains
+        latest_chain = chain_cache[key] = rev_search.path(jp.reverse_row, i)
     chains: list[list[int]] = [latest_chain] if latest_chain else []
     # Early alternatives: the first direct downlink, and the first downlink of each neighbour one ISL hop away.
     bits = 8.0 * job.output_bytes
-    direct, t_direct = downlinks.first(i, ready_s, bits, job.deadline_s, jp.targets)
+    deadline_s, targets = job.deadline_s, jp.targets
+    by_key = downlinks.by_key
+    got = by_key.get((i, targets))
+    direct, t_direct = _first_delivery(got if got is not None else downlinks.of(i, targets), ready_s, bits,
+                                       deadline_s)
     if direct is not None:
         chains.append([direct])
     best_relay: tuple[float, list[int]] | None = None
-    for start, end, w, rate, ci in downlinks.isl(i):
-        if start > min(job.deadline_s, t_direct):
+    stop = min(deadline_s, t_direct)
+    to_beat = t_direct  # a relay is kept only if it arrives before the direct downlink and every relay so far
+    isl = downlinks.isl_out.get(i)
+    for start, end, w, rate, ci in isl if isl is not None else downlinks.isl(i):
+        if start > stop:
             break
         if end < ready_s:
             continue
         t_w = max(start, ready_s) + bits / rate
         if t_w > end:
             continue
-        relay, t_relay = downlinks.first(w, t_w, bits, job.deadline_s, jp.targets)
+        got = by_key.get((w, targets))
+        w_links = got if got is not None else downlinks.of(w, targets)
+        if not w_links[1]:
+            continue
+        # No downlink of w delivers before t_w + bits / (its fastest rate) (rounding is monotone): when that
+        # cannot beat what we have (or the deadline), the scan would find nothing to keep.
+        bound = t_w + bits / w_links[3]
+        if bound >= to_beat or bound > deadline_s:
+            continue
+        relay, t_relay = _first_delivery(w_links, t_w, bits, deadline_s)
         if relay is not None and t_relay < t_direct and (best_relay is None or t_relay < best_relay[0]):
             best_relay = (t_relay, [ci, relay])
+            to_beat = t_relay
     if best_relay is not None:
         chains.append(best_relay[1])
     if opts.earliest_output_route:
@@ -808,5 +986,9 @@ def _output_options(table: ContactTable, jp: _JobPlan, k: int, nodes: _NodeArray
         if reached:
             best = min(reached, key=lambda n: fwd[n])
             chains.append([h.contact for h in hops_to(table, pred, best, job.output_bytes)])
-    options = [o for o in (_option(table, i, c, job.output_bytes, job.deadline_s) for c in chains) if o is not None]
-    return _pick(options, ready_s, opts.max_output_options)
+    options: list[_Option] = []
+    for c in chains:
+        o = _option(table, i, c, job.output_bytes, deadline_s)
+        if o is not None:
+            options.append(o)
+    return _pick(options, ready_s, opts.max_output_options) if len(options) > 1 else options

@@ -26,8 +26,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from orbit.contact_plan import SUNLIGHT_PENUMBRA, SUNLIGHT_UMBRA
-from scheduler.routing import retime_hops
+from orbit.contact_plan import SUNLIGHT_PENUMBRA, SUNLIGHT_UMBRA, ContactPlan
+from scheduler.routing import ContactTable, contact_table, gc_paused, retime_hops
 from scheduler.types import Candidate, Hop, Job, NodeProfile, Plan, Problem, ScheduledJob, Unschedulable
 
 # Float noise allowed on time comparisons (s); the validator allows 1 ms, plans are printed to the ms.
@@ -109,17 +109,19 @@ def earliest_start_of(cand: Candidate, job: Job, now_s: float) -> float:
     return max(cand.release_s, job.submit_s, now_s)
 
 
-def materialize(problem: Problem, cand: Candidate, start_s: float) -> ScheduledJob:
+def materialize(problem: Problem, cand: Candidate, start_s: float, *,
+                table: ContactTable | None = None) -> ScheduledJob:
     """The scheduled job of ``cand`` started at ``start_s``.
 
     The candidate's output hop chain is re-timed (``scheduler.routing.retime_hops``)
     to leave as soon as the job ends; arrival is the end of its last hop, which
-    equals ``max(end, output_ready_s) + output_transfer_s``.
+    equals ``max(end, output_ready_s) + output_transfer_s``. ``table``: the
+    problem's contact table, when the caller holds it.
     """
     end_s = start_s + cand.duration_s
     out = cand.output_route
     if out:
-        timed = retime_hops(problem, out, end_s)
+        timed = retime_hops(problem, out, end_s, table=table)
         if timed is None:  # the caller kept end <= latest_end_s, so the chain fits; never silently invent one
             raise ValueError(f"job {cand.job_id!r}: output route does not fit when the job ends at {end_s:.3f} s")
         out = timed
@@ -212,6 +214,31 @@ def _factor(state: int) -> float:
     return 1.0
 
 
+_SUN_ROWS_CACHE: dict[int, tuple[ContactPlan, dict[int, list[tuple[float, float, float]]]]] = {}
+
+
+def _sun_rows(cp: ContactPlan) -> dict[int, list[tuple[float, float, float]]]:
+    """Sunlight rows ``(start_s, end_s, factor)`` per satellite index, by start (stable), cached per plan.
+
+    One stable sort by (satellite, start) for the whole table gives every satellite's rows in the order a
+    per-satellite stable sort of its own rows (taken in table order) would: a mask per node cost more.
+    """
+    hit = _SUN_ROWS_CACHE.get(id(cp))
+    if hit is not None and hit[0] is cp:
+        return hit[1]
+    out: dict[int, list[tuple[float, float, float]]] = {}
+    sl = cp.sunlight
+    if sl is not None and len(sl):
+        order = np.lexsort((sl.start_s, sl.sat))
+        for sat, start, end, state in zip(sl.sat[order].tolist(), sl.start_s[order].tolist(),
+                                          sl.end_s[order].tolist(), sl.state[order].tolist(), strict=True):
+            out.setdefault(int(sat), []).append((float(start), float(end), _factor(int(state))))
+    if len(_SUN_ROWS_CACHE) >= 8:
+        _SUN_ROWS_CACHE.pop(next(iter(_SUN_ROWS_CACHE)))
+    _SUN_ROWS_CACHE[id(cp)] = (cp, out)
+    return out
+
+
 def sun_segments(problem: Problem, node: str) -> list[SunSegment]:
     """Illumination of ``node`` over ``[now_s, horizon end]``, gaps counted as sunlit (contact-plan rule)."""
     cp = problem.contact_plan
@@ -219,10 +246,7 @@ def sun_segments(problem: Problem, node: str) -> list[SunSegment]:
     sl = cp.sunlight
     rows: list[tuple[float, float, float]] = []
     if sl is not None and len(sl) and node in cp.constellation.names:
-        idx = cp.constellation.names.index(node)
-        sel = np.flatnonzero(sl.sat == idx)
-        order = sel[np.argsort(sl.start_s[sel], kind="stable")]
-        rows = [(float(sl.start_s[i]), float(sl.end_s[i]), _factor(int(sl.state[i]))) for i in order]
+        rows = _sun_rows(cp).get(cp.constellation.names.index(node), [])
     out: list[SunSegment] = []
     t = t0
     for s, e, f in rows:
@@ -290,16 +314,24 @@ def simulate_soc(profile: NodeProfile, segments: Sequence[SunSegment], runs: Ite
         delta[e] = delta.get(e, 0) - 1
     points = sorted({*delta, *(seg.start_s for seg in segments), t1})
     load_w = per_slot_w(profile)
+    solar_w, idle_w = profile.solar_w, profile.idle_power_w
+    last = len(segments) - 1
     lowest = x
     k = 0
+    seg = segments[0]
+    # The same arithmetic as min()/max() over each step, written out: this runs for every placement tried
+    # on a node whose battery is critical.
     for a, b in itertools.pairwise(points):
         if a > t0:
             running += delta.get(a, 0)
-        while k + 1 < len(segments) and segments[k].end_s <= a:
+        while k < last and seg.end_s <= a:
             k += 1
-        power_w = segments[k].factor * profile.solar_w - profile.idle_power_w - running * load_w
-        x = min(cap, x + power_w * (b - a) / 3600.0)
-        lowest = min(lowest, x)
+            seg = segments[k]
+        power_w = seg.factor * solar_w - idle_w - running * load_w
+        step = x + power_w * (b - a) / 3600.0
+        x = step if step < cap else cap
+        if x < lowest:
+            lowest = x
     return lowest, x
 
 
@@ -364,6 +396,16 @@ class _NodeState:
     memory_used_bytes: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class _CapacityView:
+    """``capacity_of(feasibility, c)`` as ``view[c]``."""
+
+    feasibility: FeasibilityLike
+
+    def __getitem__(self, contact: int) -> int:
+        return capacity_of(self.feasibility, contact)
+
+
 class Ledger:
     """Residual resources while placements are added one by one (slots, volumes, memory, uploads, energy)."""
 
@@ -378,6 +420,11 @@ class Ledger:
         self.paid_models: set[ModelKey] = set()
         self.nodes: dict[str, _NodeState] = {}
         self.memory_cap: dict[str, int] = {}
+        # Contact volumes as Python ints when they come as an array (capacity_of per lookup is a numpy scalar
+        # access); anything else indexable is asked through capacity_of.
+        raw = feasibility.capacity_bytes
+        self.capacity: Any = ([int(b) for b in raw.tolist()] if isinstance(raw, np.ndarray)
+                              else _CapacityView(feasibility))
 
     def node(self, name: str) -> _NodeState:
         state = self.nodes.get(name)
@@ -394,7 +441,7 @@ class Ledger:
         return state
 
     def residual(self, contact: int) -> int:
-        return capacity_of(self.feasibility, contact) - self.used_bytes.get(contact, 0)
+        return self.capacity[contact] - self.used_bytes.get(contact, 0)
 
     def padded_end(self, start_s: float, duration_s: float) -> float:
         return start_s + ceil_to(duration_s, self.step_s)
@@ -402,18 +449,20 @@ class Ledger:
     # -- checks -----------------------------------------------------------------------------------
     def demand(self, job: Job, node: str, routes: Sequence[tuple[Hop, ...]],
                model_route: tuple[Hop, ...]) -> dict[int, int]:
+        # Summed hop by hop: the same totals, in the same key order, as adding up route_bytes of each route.
         need: dict[int, int] = {}
         for r in routes:
-            for c, b in route_bytes(r).items():
-                need[c] = need.get(c, 0) + b
+            for h in r:
+                need[h.contact] = need.get(h.contact, 0) + int(h.bytes)
         key = model_key(job, node, model_route)
         if key is not None and key not in self.paid_models:
-            for c, b in route_bytes(model_route).items():
-                need[c] = need.get(c, 0) + b
+            for h in model_route:
+                need[h.contact] = need.get(h.contact, 0) + int(h.bytes)
         return need
 
     def links_ok(self, need: Mapping[int, int]) -> bool:
-        return all(self.residual(c) >= b for c, b in need.items())
+        capacity, used = self.capacity, self.used_bytes
+        return all(capacity[c] - used.get(c, 0) >= b for c, b in need.items())
 
     def memory_ok(self, job: Job, node: str) -> bool:
         state = self.node(node)
@@ -542,6 +591,12 @@ def greedy_assign(problem: Problem, feasibility: FeasibilityLike, *, step_s: flo
         job_id -> (node, start_s) tried first (a previous plan, for re-planning).
     """
     started = time.perf_counter()
+    with gc_paused():  # every placement adds long-lived objects: see scheduler.routing.gc_paused
+        return _greedy_assign(problem, feasibility, step_s, preferred, policy, started)
+
+
+def _greedy_assign(problem: Problem, feasibility: FeasibilityLike, step_s: float,
+                   preferred: Mapping[str, tuple[str, float]] | None, policy: str, started: float) -> GreedyResult:
     cands = candidate_list(feasibility)
     by_job: dict[str, list[Candidate]] = {}
     for c in cands:
@@ -549,6 +604,7 @@ def greedy_assign(problem: Problem, feasibility: FeasibilityLike, *, step_s: flo
     jobs = {j.job_id: j for j in problem.jobs}
     energy = EnergyModel(problem, {c.node for c in cands} | {f.node for f in problem.fixed})
     ledger = Ledger(problem, feasibility, energy, step_s)
+    table = contact_table(problem)
     fixed_ids = {f.job_id for f in problem.fixed}
     for f in problem.fixed:
         job = jobs.get(f.job_id)
@@ -567,8 +623,11 @@ def greedy_assign(problem: Problem, feasibility: FeasibilityLike, *, step_s: flo
                 unsched.append(Unschedulable(job.job_id, "no-contact: no contact reaches a compute node "
                                                          "before the deadline"))
             continue
-        ordered = sorted(options, key=lambda c: (arrival_of(c, earliest_start_of(c, job, now_s)), c.node,
-                                                 c.release_s))
+        # arrival_of(c, earliest_start_of(c, job, now_s)) written out (same arithmetic): this key runs per candidate.
+        submit_s = job.submit_s
+        ordered = sorted(options, key=lambda c: (
+            max(max(c.release_s, submit_s, now_s) + c.duration_s, c.output_ready_s) + c.output_transfer_s,
+            c.node, c.release_s))
         hint = pref.get(job.job_id)
         if hint is not None:
             ordered.sort(key=lambda c: c.node != hint[0])  # stable: hinted node first
@@ -579,7 +638,7 @@ def greedy_assign(problem: Problem, feasibility: FeasibilityLike, *, step_s: flo
             if t is None:
                 failures.add(failure)
                 continue
-            sj = materialize(problem, cand, t)
+            sj = materialize(problem, cand, t, table=table)
             ledger.add(sj, job.model_id)
             scheduled.append(sj)
             placements[job.job_id] = Placement(cand, t)

@@ -22,16 +22,23 @@ inter-satellite link lasts the whole plan (+Grid), :class:`ForwardSearches` /
 :class:`ReverseSearches` answer the batch questions exactly from all-pairs
 fastest mesh routes (:func:`static_isl`) plus the one time-dependent hop
 (uplink or downlink), and fall back to the batches otherwise. Tests check all
-of them against an independent fixed-point solution.
+of them against an independent fixed-point solution. Their ``paths`` methods
+recover the routes of one query to many nodes in one array pass (the same
+routes as ``path`` node by node), and :func:`contact_columns` gives the columns
+of ``ContactPlan.contacts()`` without building its records.
 
 All times are seconds after ``Problem.epoch_utc``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import heapq
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
@@ -46,15 +53,18 @@ __all__ = [
     "Route",
     "StaticIsl",
     "chain_timing",
+    "contact_columns",
     "contact_table",
     "earliest_arrival",
     "forward_batch",
     "forward_path",
     "forward_search",
+    "gc_paused",
     "hops_to",
     "isl_path",
     "latest_departure",
     "link_capacities",
+    "new_hop",
     "option_from_chain",
     "pick_options",
     "retime_hops",
@@ -107,13 +117,13 @@ class OutputOption:
 class ContactTable:
     """The contacts of a problem with link rates, as arrays and per-node adjacency.
 
-    Arrays have shape ``(C,)`` aligned with ``contacts``; node indices refer to
+    Arrays have shape ``(C,)`` aligned with ``plan.contacts()``; node indices refer to
     ``nodes`` (satellite names, then ``gs:<station>``). Adjacency lists hold
     only usable contacts (rate > 0), as ``(start_s, end_s, other_node, rate_bps,
     contact_index)`` sorted by start.
     """
 
-    contacts: tuple[Contact, ...]
+    plan: ContactPlan
     nodes: tuple[str, ...]
     node_index: dict[str, int]
     is_station: np.ndarray  # (V,) bool
@@ -134,12 +144,72 @@ class ContactTable:
     src_name: list[str] = field(default_factory=list)
     dst_name: list[str] = field(default_factory=list)
 
+    @property
+    def contacts(self) -> tuple[Contact, ...]:
+        """The contacts as records, ``plan.contacts()`` (built on first use: the table itself never needs them)."""
+        return tuple(self.plan.contacts())
+
 
 # A table depends only on the contact plan and the nodes' link rates, so re-plans that build a new Problem
 # every round (replay, the service loop) share it. The contact plan is kept so its id cannot be reused.
 _RatesKey = tuple[tuple[str, tuple[tuple[str, float], ...], tuple[tuple[str, float], ...], float], ...]
 _TABLE_CACHE: dict[tuple[int, _RatesKey], tuple[ContactPlan, ContactTable]] = {}
 _TABLE_CACHE_SIZE = 8
+
+
+def slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[Any, Any], None], ...] | None:
+    """The slot setters of a frozen slots dataclass with exactly the fields ``names`` (in order) and no
+    ``__post_init__``; None for any other class (its constructor must then be called).
+
+    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__`` (a lookup and a
+    call per field): for the hundred thousand hops and candidates of a big instance that is a real share
+    of candidate building. Setting the slots directly on ``object.__new__(cls)`` makes the same object,
+    and only applies while the class has nothing to validate.
+    """
+    if "__slots__" not in vars(cls) or hasattr(cls, "__post_init__"):
+        return None
+    if tuple(f.name for f in fields(cls)) != names:
+        return None
+    return tuple(getattr(cls, n).__set__ for n in names)
+
+
+_HOP_SETTERS = slot_setters(Hop, ("src", "dst", "start_s", "end_s", "bytes", "contact"))
+
+
+def new_hop(src: str, dst: str, start_s: float, end_s: float, size_bytes: int, contact: int) -> Hop:
+    """``Hop(src, dst, start_s, end_s, size_bytes, contact)``, made without the frozen ``__init__`` when allowed."""
+    if _HOP_SETTERS is None:
+        return Hop(src, dst, start_s, end_s, size_bytes, contact)
+    hop = _new_object(Hop)
+    set_src, set_dst, set_start, set_end, set_bytes, set_contact = _HOP_SETTERS
+    set_src(hop, src)
+    set_dst(hop, dst)
+    set_start(hop, start_s)
+    set_end(hop, end_s)
+    set_bytes(hop, size_bytes)
+    set_contact(hop, contact)
+    return hop
+
+
+_new_object = object.__new__
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Suspend Python's cyclic garbage collector for a block that builds many long-lived objects.
+
+    Candidate building and the greedy create a few hundred thousand small objects (hops, candidates,
+    tuples) that all stay alive; each collection triggered by that stream re-scans the growing heap for
+    cycles and finds none (about a tenth of their run time on 2,000 jobs). Nothing computed depends on it.
+    The previous state is restored afterwards (nested and concurrent uses at worst re-enable it early).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def station_nodes(problem: Problem) -> tuple[str, ...]:
@@ -162,19 +232,48 @@ def contact_table(problem: Problem) -> ContactTable:
     return table
 
 
+def contact_columns(plan: ContactPlan) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The columns of ``plan.contacts()`` without building its records: ``(kind, src, dst, start_s, end_s)``.
+
+    Returns ``(C,)`` arrays: ``kind`` 0 ground up, 1 ground down, 2 ISL; ``src``/``dst`` index
+    ``plan.node_names()``; times in seconds after ``plan.start_utc``. Rows come in the order of
+    :meth:`orbit.contact_plan.ContactPlan.contacts` (each pass up then down, each ISL interval a->b then b->a,
+    then a stable sort by ``(start_s, end_s, src name, dst name)``), so row ``c`` is contact ``c``. Building
+    the records and sorting them with a Python key was most of the cost of a contact table; numpy's stable
+    lexsort over the same keys (names compare by code point in both) gives the same order.
+    """
+    n_sat = len(plan.constellation.names)
+    g, isl = plan.ground, plan.isl
+    n_g, n_i = len(g), len(isl)
+    st_node = n_sat + np.asarray(g.station, dtype=np.int64)
+    sat_g = np.asarray(g.sat, dtype=np.int64)
+    a, b = np.asarray(isl.a, dtype=np.int64), np.asarray(isl.b, dtype=np.int64)
+    # Interleaved as contacts() appends them: (up, down) per pass, then (a->b, b->a) per ISL interval.
+    src = np.concatenate([np.stack([st_node, sat_g], axis=1).reshape(2 * n_g),
+                          np.stack([a, b], axis=1).reshape(2 * n_i)])
+    dst = np.concatenate([np.stack([sat_g, st_node], axis=1).reshape(2 * n_g),
+                          np.stack([b, a], axis=1).reshape(2 * n_i)])
+    start = np.concatenate([np.repeat(np.asarray(g.aos_s, dtype=np.float64), 2),
+                            np.repeat(np.asarray(isl.start_s, dtype=np.float64), 2)])
+    end = np.concatenate([np.repeat(np.asarray(g.los_s, dtype=np.float64), 2),
+                          np.repeat(np.asarray(isl.end_s, dtype=np.float64), 2)])
+    kind = np.concatenate([np.tile(np.array([0, 1], dtype=np.int64), n_g), np.full(2 * n_i, 2, dtype=np.int64)])
+    if not len(src):
+        return kind, src, dst, start, end
+    names = np.array(plan.node_names())
+    order = np.lexsort((names[dst], names[src], end, start))
+    return kind[order], src[order], dst[order], start[order], end[order]
+
+
 def _build_table(problem: Problem) -> ContactTable:
     plan = problem.contact_plan
-    contacts = tuple(plan.contacts())
     nodes = tuple(plan.node_names())
     node_index = {n: i for i, n in enumerate(nodes)}
-    n_c, n_v = len(contacts), len(nodes)
-    src_name = [c.src for c in contacts]
-    dst_name = [c.dst for c in contacts]
-    src = np.array([node_index[n] for n in src_name], dtype=np.int64).reshape(n_c)
-    dst = np.array([node_index[n] for n in dst_name], dtype=np.int64).reshape(n_c)
-    start = np.array([c.start_s for c in contacts], dtype=np.float64).reshape(n_c)
-    end = np.array([c.end_s for c in contacts], dtype=np.float64).reshape(n_c)
-    kind = np.array([{"ground_up": 0, "ground_down": 1}.get(c.kind, 2) for c in contacts], dtype=np.int64).reshape(n_c)
+    n_v = len(nodes)
+    kind, src, dst, start, end = contact_columns(plan)
+    # Positions to node indices by name, as the records were (duplicate names resolve to the same node).
+    canonical = np.array([node_index[n] for n in nodes], dtype=np.int64)
+    src, dst = canonical[src], canonical[dst]
     # Rates by lookup: (satellite, station) tables for ground links, per node for ISLs.
     stations = [f"gs:{s.name}" for s in plan.stations]
     column = np.zeros(n_v, dtype=np.int64)  # station node -> its column (0 elsewhere: masked out below)
@@ -204,7 +303,9 @@ def _build_table(problem: Problem) -> ContactTable:
         bounds = np.searchsorted(own[sel], np.arange(n_v + 1)).tolist()
         edges.extend(tuple(rows[bounds[v]:bounds[v + 1]]) for v in range(n_v))
     is_station = np.array([n.startswith("gs:") for n in nodes], dtype=bool)
-    return ContactTable(contacts, nodes, node_index, is_station, src, dst, start, end, rate, capacity,
+    src_name = [nodes[i] for i in src.tolist()]
+    dst_name = [nodes[i] for i in dst.tolist()]
+    return ContactTable(plan, nodes, node_index, is_station, src, dst, start, end, rate, capacity,
                         tuple(out_edges), tuple(in_edges),
                         start.tolist(), end.tolist(), rate.tolist(), capacity.tolist(), src_name, dst_name)
 
@@ -414,13 +515,17 @@ def chain_timing(
     return latest, ready, total
 
 
-def retime_hops(problem: Problem, hops: tuple[Hop, ...], ready_s: float) -> tuple[Hop, ...] | None:
+def retime_hops(problem: Problem, hops: tuple[Hop, ...], ready_s: float, *,
+                table: ContactTable | None = None) -> tuple[Hop, ...] | None:
     """The same hop chain sent as early as possible once the data is ready at ``ready_s``.
 
     Each hop keeps its transmission time (``end_s - start_s``). Returns None
-    when a hop would no longer fit inside its contact.
+    when a hop would no longer fit inside its contact. ``table`` is
+    ``contact_table(problem)`` when the caller already holds it (its cache key
+    costs more than a short chain).
     """
-    table = contact_table(problem)
+    if table is None:
+        table = contact_table(problem)
     starts, ends = table.start_list, table.end_list
     out: list[Hop] = []
     t = ready_s
@@ -431,7 +536,7 @@ def retime_hops(problem: Problem, hops: tuple[Hop, ...], ready_s: float) -> tupl
         e = s + d
         if e > ends[h.contact] + TIME_EPS_S:
             return None
-        out.append(Hop(h.src, h.dst, s, e, h.bytes, h.contact))
+        out.append(new_hop(h.src, h.dst, s, e, h.bytes, h.contact))
         t = e
     return tuple(out)
 
@@ -817,6 +922,8 @@ class StaticIsl:
     first_exit_end_s: dict[frozenset[int], np.ndarray] = field(default_factory=dict)
     # Per station set: which components receive any uplink from it, filled on first use.
     uplinked_components: dict[frozenset[int], np.ndarray] = field(default_factory=dict)
+    # Rows of ``pred`` as lists, filled on first use: a route walk indexes them one element at a time.
+    pred_rows: dict[int, list[int]] = field(default_factory=dict)
 
 
 def static_isl(table: ContactTable) -> StaticIsl | None:
@@ -873,11 +980,15 @@ def isl_path(static: StaticIsl, u: int, w: int) -> list[int] | None:
         return []
     if not math.isfinite(static.s_per_bit[u, w]):
         return None
+    row = static.pred_rows.get(u)
+    if row is None:
+        row = static.pred_rows[u] = static.pred[u].tolist()
+    pair_contact = static.pair_contact
     chain: list[int] = []
     v = w
     while v != u:
-        p = int(static.pred[u, v])
-        chain.append(static.pair_contact[(p, v)])
+        p = row[v]
+        chain.append(pair_contact[(p, v)])
         v = p
     chain.reverse()
     return chain
@@ -1058,6 +1169,101 @@ def _exits_row(table: ContactTable, static: StaticIsl, targets: frozenset[int], 
     return _Entry(sat[keep], s_ok[keep], down.contact[lo:hi][idx][keep], bits)
 
 
+_EXITS_CHUNK_CELLS = 500_000  # (rows x window) cells per array pass of _exits_rows: bounds its memory
+
+
+def _exits_rows(table: ContactTable, static: StaticIsl, targets: list[frozenset[int]], deadline_s: np.ndarray,
+                size_bytes: np.ndarray) -> list[_Entry]:
+    """:func:`_exits_row` of many searches: the same entries, the first look-back of all rows in array passes.
+
+    Rows are grouped by target set; each group scans its rows' first look-back windows as one padded
+    ``(rows, window)`` array with :func:`_exits_row`'s arithmetic element by element, and rows whose window
+    was not wide enough (rare) run :func:`_exits_row` itself. Per-satellite selection is one stable lexsort
+    over ``(row, satellite, -start)``, which orders each row's elements as its own lexsort does.
+    """
+    out: list[_Entry | None] = [None] * len(targets)
+    by_targets: dict[frozenset[int], list[int]] = {}
+    for r, t in enumerate(targets):
+        by_targets.setdefault(t, []).append(r)
+    for tset, rows_all in by_targets.items():
+        down = _links(table, "down", tset)
+        if not len(down.end_s) or len(rows_all) < 2:
+            for r in rows_all:
+                out[r] = _exits_row(table, static, tset, float(deadline_s[r]), float(size_bytes[r]))
+            continue
+        comp = static.component
+        first_end = static.first_exit_end_s.get(tset)
+        if first_end is None:
+            first_end = np.full(static.n_components, np.inf)
+            np.minimum.at(first_end, comp[down.sat], down.end_s)
+            static.first_exit_end_s[tset] = first_end
+        n_comp = static.n_components
+        rows_arr = np.array(rows_all, dtype=np.int64)
+        deadline_all = deadline_s[rows_arr].astype(np.float64)
+        size_all = size_bytes[rows_arr].astype(np.float64)
+        bits_all = 8.0 * size_all
+        margin_all = bits_all * static.diameter_s_per_bit
+        look_all = 2.0 * down.max_duration_s + margin_all + 60.0
+        hi_all = np.searchsorted(down.end_s, deadline_all + down.max_duration_s, "right")
+        lo_all = np.searchsorted(down.end_s, deadline_all - look_all, "left")
+        width_all = hi_all - lo_all
+        # Chunks of rows from the widest window down keep the padding (and memory) small: a chunk is as
+        # wide as its first row.
+        by_width = np.argsort(-width_all, kind="stable")
+        pos = 0
+        while pos < len(by_width):
+            w_max = max(1, int(width_all[by_width[pos]]))
+            take = max(1, _EXITS_CHUNK_CELLS // w_max)
+            chunk = by_width[pos:pos + take]
+            pos += take
+            _exits_chunk(static, down, first_end, n_comp, rows_arr[chunk], deadline_all[chunk], size_all[chunk],
+                         bits_all[chunk], margin_all[chunk], look_all[chunk], lo_all[chunk], hi_all[chunk], out,
+                         table, tset)
+    assert all(e is not None for e in out)
+    return [e for e in out if e is not None]
+
+
+def _exits_chunk(static: StaticIsl, down: _Links, first_end: np.ndarray, n_comp: int, rows: np.ndarray,
+                 deadline: np.ndarray, size: np.ndarray, bits: np.ndarray, margin: np.ndarray, look: np.ndarray,
+                 lo: np.ndarray, hi: np.ndarray, out: list[_Entry | None], table: ContactTable,
+                 tset: frozenset[int]) -> None:
+    """One array pass of :func:`_exits_rows` over rows sharing a target set; fills ``out[row]``."""
+    n = len(rows)
+    width = hi - lo
+    w = max(1, int(width.max()))
+    col = np.arange(w)
+    valid = col[None, :] < width[:, None]
+    at = np.minimum(lo[:, None] + col[None, :], len(down.end_s) - 1)
+    start, end, rate = down.start_s[at], down.end_s[at], down.rate_bps[at]
+    s = np.minimum(end, deadline[:, None]) - bits[:, None] / rate
+    ok = (s >= start) & (down.capacity_bytes[at] >= size[:, None]) & valid
+    comp = static.component[down.sat[at]]
+    best = np.full((n, n_comp), -np.inf)
+    cell = np.arange(n)[:, None] * n_comp + comp
+    np.maximum.at(best.reshape(-1), cell[ok], s[ok])
+    wide = (lo == 0) | np.all((best - margin[:, None] >= (deadline - look)[:, None])
+                              | (first_end[None, :] >= (deadline - look)[:, None]), axis=1)
+    for j in np.flatnonzero(~wide).tolist():  # look-back too short: widen it row by row, as _exits_row does
+        out[int(rows[j])] = _exits_row(table, static, tset, float(deadline[j]), float(size[j]))
+    keep = ok & wide[:, None] & (s >= best.reshape(-1)[cell] - margin[:, None])
+    r_idx, c_idx = np.nonzero(keep)  # row-major: each row's elements in window order
+    sat = down.sat[at[r_idx, c_idx]]
+    s_ok = s[r_idx, c_idx]
+    order = np.lexsort((-s_ok, sat, r_idx))
+    r_o, sat_o = r_idx[order], sat[order]
+    first = np.r_[True, (r_o[1:] != r_o[:-1]) | (sat_o[1:] != sat_o[:-1])] if len(order) else np.zeros(0, bool)
+    sel = order[first]
+    r_sel = r_idx[sel]
+    bounds = np.searchsorted(r_sel, np.arange(n + 1))
+    sat_sel, s_sel, contact_sel = sat[sel], s_ok[sel], down.contact[at[r_idx[sel], c_idx[sel]]]
+    for j in np.flatnonzero(wide).tolist():
+        a, b = int(bounds[j]), int(bounds[j + 1])
+        if a == b:
+            out[int(rows[j])] = _Entry(np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64), float(bits[j]))
+        else:
+            out[int(rows[j])] = _Entry(sat_sel[a:b], s_sel[a:b], contact_sel[a:b], float(bits[j]))
+
+
 def _depart_rows(table: ContactTable, static: StaticIsl, exits: list[_Entry], targets: list[frozenset[int]],
                  deadline_s: list[float]) -> np.ndarray:
     """Latest departure from every node for each search given its exits: ``(R, V)`` (rows of :func:`reverse_batch`).
@@ -1186,6 +1392,45 @@ class ForwardSearches:
             return None
         return ([int(entry.contact[k])] if entry.contact[k] >= 0 else []) + mesh
 
+    def paths(self, q: int, nodes: list[int]) -> list[list[int] | None]:
+        """:meth:`path` of query ``q`` for each of ``nodes`` (the same answers; one array pass for all nodes).
+
+        A query whose data enters the mesh over uplinks picks, per node, the entry point that gets there
+        first: one ``(entries, nodes)`` array instead of a few small array operations per node.
+        """
+        entry = self.entries.get(q)
+        static = self.static
+        if entry is None or static is None or len(nodes) < 2 or not len(entry.nodes):
+            return [self.path(q, n) for n in nodes]
+        out: list[list[int] | None] = [None] * len(nodes)
+        arrival = self.arrival[q]
+        sources = self.sources[q]
+        live: list[int] = []
+        for j, n in enumerate(nodes):
+            if not math.isfinite(arrival[n]):
+                continue
+            if n in sources:
+                out[j] = []
+            else:
+                live.append(j)
+        if not live:
+            return out
+        idx = np.array([nodes[j] for j in live], dtype=np.int64)
+        # Column j is path()'s ``via`` for node idx[j], element by element the same arithmetic.
+        via = np.maximum(entry.times_s, static.window_lo_s)[:, None] + _transfer_s(
+            static.s_per_bit[entry.nodes[:, None], idx[None, :]], entry.bits)
+        direct = entry.nodes[:, None] == idx[None, :]
+        via[direct] = np.broadcast_to(entry.times_s[:, None], via.shape)[direct]
+        ks = np.argmin(via, axis=0)
+        best = via[ks, np.arange(len(idx))]
+        entry_nodes, entry_contact = entry.nodes.tolist(), entry.contact.tolist()
+        for j, n, k, t in zip(live, idx.tolist(), ks.tolist(), best.tolist(), strict=True):
+            mesh = isl_path(static, entry_nodes[k], n)
+            if mesh is None or not math.isfinite(t):
+                continue
+            out[j] = ([entry_contact[k]] if entry_contact[k] >= 0 else []) + mesh
+        return out
+
 
 class ReverseSearches:
     """Latest departures of many queries (:func:`reverse_batch` semantics) with route recovery.
@@ -1208,8 +1453,8 @@ class ReverseSearches:
         batch = [q for q in range(n_q) if static is None or size_bytes[q] > static.min_capacity_bytes]
         if static is not None:
             fast = [q for q in range(n_q) if size_bytes[q] <= static.min_capacity_bytes]
-            for q in fast:
-                self.exits[q] = _exits_row(table, static, targets[q], float(deadline_s[q]), float(size_bytes[q]))
+            self.exits.update(zip(fast, _exits_rows(table, static, [targets[q] for q in fast], deadline_s[fast],
+                                                    size_bytes[fast]), strict=True))
             if fast:
                 self.depart[fast] = _depart_rows(table, static, [self.exits[q] for q in fast],
                                                  [targets[q] for q in fast], [float(deadline_s[q]) for q in fast])
@@ -1241,3 +1486,30 @@ class ReverseSearches:
         if mesh is None or not math.isfinite(via[k]):
             return None
         return [*mesh, int(exits.contact[k])]
+
+    def paths(self, q: int, nodes: list[int]) -> list[list[int] | None]:
+        """:meth:`path` of query ``q`` for each of ``nodes`` (the same answers; one array pass for all nodes)."""
+        exits = self.exits.get(q)
+        static = self.static
+        if exits is None or static is None or len(nodes) < 2:
+            return [self.path(q, n) for n in nodes]
+        out: list[list[int] | None] = [None] * len(nodes)
+        depart = self.depart[q]
+        targets = self.targets[q]
+        live = [j for j, n in enumerate(nodes) if math.isfinite(depart[n]) and n not in targets]
+        if not live or not len(exits.nodes):
+            return out
+        idx = np.array([nodes[j] for j in live], dtype=np.int64)
+        # Row j is path()'s ``via`` for node idx[j], element by element the same arithmetic.
+        per_bit = static.s_per_bit[idx[:, None], exits.nodes[None, :]]
+        via = exits.times_s[None, :] - exits.bits * per_bit if exits.bits > 0 else np.where(
+            np.isfinite(per_bit), exits.times_s[None, :], -np.inf)
+        ks = np.argmax(via, axis=1)
+        best = via[np.arange(len(idx)), ks]
+        exit_nodes, exit_contact = exits.nodes.tolist(), exits.contact.tolist()
+        for j, n, k, t in zip(live, idx.tolist(), ks.tolist(), best.tolist(), strict=True):
+            mesh = isl_path(static, n, exit_nodes[k])
+            if mesh is None or not math.isfinite(t):
+                continue
+            out[j] = [*mesh, exit_contact[k]]
+        return out
