@@ -1,12 +1,21 @@
 """Node agent overhead, memory and start-up: ``python benchmarks/bench_agent.py [--repeats N]``.
 
-* Infer through a real agent process (gRPC over loopback, input/output serialised) against the same model in
-  an onnxruntime session called directly in this process, with the same session options and thread count,
-  calls interleaved; medians of ``--repeats`` calls. The agent emulates ``three-body-744tops`` (faster than
-  this host), so no emulation sleep is added and the difference is pure agent overhead.
+* ``Infer`` through a real agent process (``skyinfer agent``, gRPC over TCP loopback, the client of
+  ``skyinfer infer``: :class:`node_agent.client.AgentClient`) against the same model in an onnxruntime session
+  called directly in this process. Both sessions use ``node_agent.runtime.session_options(1)``: one intra-op
+  thread, sequential, no spinning (the agent runs with ``--threads 1``), so the other core is free for the
+  RPC machinery on this 2-core host. The agent emulates ``three-body-744tops`` (faster than this host), so no
+  emulation sleep is added and the difference is pure agent overhead. Calls are interleaved; medians, and the
+  median of the paired differences agent - direct (robust to the machine's load drifting during the run).
   - a ~1 ms CNN (target: at most 1 ms added per call);
   - a ~100 ms model: DLR's cloud mask when ``ukis-csmask`` is installed, else a larger built CNN on a
     6x256x256 tile standing in for it (target: at most 5% relative overhead).
+* Where the time goes, measured in the same interleaved loop: a bare gRPC server (the agent's server options,
+  a handler that only runs the same session on the raw request bytes, no protobuf, no agent) and a bare TCP
+  socket server running the same session. socket - direct is the floor of any two-process design; bare gRPC
+  - socket is gRPC's own cost (Python's sync server and client); agent - bare gRPC is the agent's own work.
+* ``InferStream``: a batch of tiles over one stream against the same tiles run directly; per-tile overhead.
+* Moving a cloud-mask-sized tile (a Slice model, no compute) with AgentClient and with the generated stub.
 * Idle RSS of an agent process (no model, and with the small model), and start-up time to SERVING.
 
 Models are built with onnx.helper (the test suite's builder); onnx is a dev dependency.
@@ -16,11 +25,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -33,6 +44,7 @@ sys.path.insert(0, str(REPO / "tests" / "node_agent"))
 from onnx_builders import build_cnn  # noqa: E402
 
 from node_agent import serde  # noqa: E402
+from node_agent.client import AgentClient, channel_options  # noqa: E402
 from node_agent.config import LOOKAHEAD_BYTES, MAX_FRAME_BYTES  # noqa: E402
 from node_agent.healthcheck import check  # noqa: E402
 from node_agent.models import find_csmask_model  # noqa: E402
@@ -42,6 +54,8 @@ from skyinfer.v1 import node_agent_pb2, node_agent_pb2_grpc  # noqa: E402
 
 THREADS = 1
 CHUNK_BYTES = 1 << 20
+BARE_METHOD = "/bench.Bare/Run"
+LEN_BYTES = 8  # length prefix of the socket server's frames
 
 
 def start_agent(models_dir: Path, threads: int) -> tuple[subprocess.Popen[str], str, float]:
@@ -58,6 +72,13 @@ def start_agent(models_dir: Path, threads: int) -> tuple[subprocess.Popen[str], 
     return proc, address, (time.perf_counter() - t0) * 1e3
 
 
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    proc.wait(30)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -69,7 +90,7 @@ def upload(stub: node_agent_pb2_grpc.NodeAgentStub, model_id: str, path: Path) -
     data = path.read_bytes()
     sha = sha256_file(path)
 
-    def chunks():
+    def chunks() -> Iterator[node_agent_pb2.LoadModelChunk]:
         for i in range(0, len(data), CHUNK_BYTES):
             yield node_agent_pb2.LoadModelChunk(model_id=model_id, sha256=sha, total_size_bytes=len(data),
                                                 data=data[i:i + CHUNK_BYTES])
@@ -77,31 +98,155 @@ def upload(stub: node_agent_pb2_grpc.NodeAgentStub, model_id: str, path: Path) -
     return stub.LoadModel(chunks(), timeout=300)
 
 
-def compare(stub: node_agent_pb2_grpc.NodeAgentStub, model_id: str, path: Path, repeats: int
-            ) -> tuple[float, float, float, float]:
-    """Median ms: through the agent (client wall time), direct, the agent's own session time (real_ms), and the
-    median of the paired differences agent - direct (each agent call next to a direct call: robust to the
-    machine's load drifting during the run)."""
-    sess = ort.InferenceSession(str(path), session_options(THREADS), providers=["CPUExecutionProvider"])
+# ---------------------------------------------------------------- bare servers (child processes)
+
+
+def _session(path: str) -> tuple[ort.InferenceSession, str, list[int]]:
+    sess = ort.InferenceSession(path, session_options(THREADS), providers=["CPUExecutionProvider"])
     spec = sess.get_inputs()[0]
-    shape = [d if isinstance(d, int) else 1 for d in spec.shape]
+    return sess, spec.name, [d if isinstance(d, int) else 1 for d in spec.shape]
+
+
+def serve_bare(kind: str, model_path: str) -> None:
+    """A server that runs the session on the raw request bytes (float32 input of the declared shape) and
+    answers the first output's raw bytes: no protobuf, no agent. Prints its port, serves until killed."""
+    sess, name, shape = _session(model_path)
+
+    def run(data: bytes | memoryview) -> bytes:
+        x = np.frombuffer(data, np.float32).reshape(shape)
+        return np.ascontiguousarray(sess.run(None, {name: x})[0]).tobytes()
+
+    if kind == "grpc":
+        from concurrent import futures
+
+        from node_agent.service import tune_malloc
+
+        tune_malloc()  # as the agent does
+        options = [("grpc.max_receive_message_length", 1 << 28), ("grpc.max_send_message_length", 1 << 28),
+                   ("grpc.so_reuseport", 0), ("grpc.http2.lookahead_bytes", LOOKAHEAD_BYTES),
+                   ("grpc.http2.max_frame_size", MAX_FRAME_BYTES)]
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=options)
+        service, method = BARE_METHOD.strip("/").split("/")
+        handlers = {method: grpc.unary_unary_rpc_method_handler(lambda request, context: run(request))}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+        server.add_registered_method_handlers(service, handlers)  # type: ignore[attr-defined]
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        print(port, flush=True)
+        server.wait_for_termination()
+        return
+    listener = socket.create_server(("127.0.0.1", 0))
+    print(listener.getsockname()[1], flush=True)
+    conn, _ = listener.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = bytearray(1 << 26)
+    while True:
+        n = _recv_frame(conn, buf)
+        if n < 0:
+            return
+        out = run(memoryview(buf)[:n])
+        conn.sendall(len(out).to_bytes(LEN_BYTES, "little") + out)
+
+
+def _recv_exactly(conn: socket.socket, view: memoryview) -> bool:
+    got = 0
+    while got < len(view):
+        k = conn.recv_into(view[got:])
+        if k == 0:
+            return False
+        got += k
+    return True
+
+
+def _recv_frame(conn: socket.socket, buf: bytearray) -> int:
+    head = bytearray(LEN_BYTES)
+    if not _recv_exactly(conn, memoryview(head)):
+        return -1
+    n = int.from_bytes(head, "little")
+    return n if _recv_exactly(conn, memoryview(buf)[:n]) else -1
+
+
+def start_bare(kind: str, model_path: Path) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen([sys.executable, __file__, "--serve-bare", kind, str(model_path)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    return proc, int(proc.stdout.readline())
+
+
+def bare_grpc_call(channel: grpc.Channel) -> Callable[[np.ndarray], object]:
+    call = channel.unary_unary(BARE_METHOD, _registered_method=True)  # type: ignore[call-arg]
+    return lambda x: call(x.tobytes(), timeout=60)
+
+
+def bare_socket_call(port: int) -> Callable[[np.ndarray], object]:
+    conn = socket.create_connection(("127.0.0.1", port))
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = bytearray(1 << 26)
+
+    def call(x: np.ndarray) -> object:
+        conn.sendall(x.nbytes.to_bytes(LEN_BYTES, "little") + x.tobytes())
+        return _recv_frame(conn, buf)
+
+    return call
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def interleaved(path: Path, calls: dict[str, Callable[[np.ndarray], object]], repeats: int
+                ) -> tuple[float, dict[str, tuple[float, float]]]:
+    """Median direct ms, and per path (median ms, median of paired differences path - direct in ms)."""
+    sess, name, shape = _session(str(path))
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    request = node_agent_pb2.InferRequest(model_id=model_id, inputs=[serde.array_to_tensor(spec.name, x)])
-    for _ in range(max(3, repeats // 10)):  # warm both (first calls pay allocations and page faults)
-        stub.Infer(request, timeout=60)
-        sess.run(None, {spec.name: x})
-    via_agent, direct, in_agent = [], [], []
+    everything: dict[str, Callable[[np.ndarray], object]] = {"direct": lambda a: sess.run(None, {name: a}), **calls}
+    for _ in range(max(3, repeats // 10)):  # warm all (first calls pay allocations and page faults)
+        for f in everything.values():
+            f(x)
+    times: dict[str, list[float]] = {k: [] for k in everything}
     for _ in range(repeats):
+        for k, f in everything.items():
+            t0 = time.perf_counter()
+            f(x)
+            times[k].append(time.perf_counter() - t0)
+    direct = times["direct"]
+    out = {
+        k: (statistics.median(v) * 1e3, statistics.median([a - d for a, d in zip(v, direct, strict=True)]) * 1e3)
+        for k, v in times.items() if k != "direct"
+    }
+    return statistics.median(direct) * 1e3, out
+
+
+def agent_call(client: AgentClient, model_id: str, input_name: str, real_ms: list[float]
+               ) -> Callable[[np.ndarray], object]:
+    def call(x: np.ndarray) -> object:
+        result = client.infer(model_id, {input_name: x}, timeout_s=60)
+        real_ms.append(result.real_ms)
+        return result
+
+    return call
+
+
+def stream_overhead(client: AgentClient, model_id: str, path: Path, tiles: int, rounds: int
+                    ) -> tuple[float, float, float]:
+    """InferStream of ``tiles`` tiles against the same tiles run directly, blocks alternating for ``rounds``
+    rounds: medians of the per-tile ms over the stream, direct, and of the per-round paired difference."""
+    sess, name, shape = _session(str(path))
+    rng = np.random.default_rng(1)
+    batch = [rng.standard_normal(shape).astype(np.float32) for _ in range(tiles)]
+    via, direct = [], []
+    for r in range(rounds + 1):
         t0 = time.perf_counter()
-        resp = stub.Infer(request, timeout=60)
-        serde.tensor_to_array(resp.outputs[0], "o", 1 << 40)  # the client decodes, as a real caller would
-        via_agent.append(time.perf_counter() - t0)
-        in_agent.append(resp.real_ms / 1e3)
-        t0 = time.perf_counter()
-        sess.run(None, {spec.name: x})
-        direct.append(time.perf_counter() - t0)
-    paired = [a - d for a, d in zip(via_agent, direct, strict=True)]
-    return tuple(statistics.median(v) * 1e3 for v in (via_agent, direct, in_agent, paired))  # type: ignore[return-value]
+        n = sum(1 for _ in client.infer_stream(model_id, ({name: x} for x in batch), timeout_s=600))
+        t1 = time.perf_counter()
+        for x in batch:
+            sess.run(None, {name: x})
+        t2 = time.perf_counter()
+        assert n == tiles
+        if r:  # the first round warms both
+            via.append((t1 - t0) / tiles * 1e3)
+            direct.append((t2 - t1) / tiles * 1e3)
+    paired = statistics.median([v - d for v, d in zip(via, direct, strict=True)])
+    return statistics.median(via), statistics.median(direct), paired
 
 
 def build_io_model() -> bytes:
@@ -125,11 +270,17 @@ def build_io_model() -> bytes:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=200, help="calls per small-model measurement (large: /10)")
+    p.add_argument("--serve-bare", nargs=2, metavar=("KIND", "MODEL"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.serve_bare:
+        serve_bare(*args.serve_bare)
+        return 0
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         small = build_cnn(3, 64, (32, 32))
-        (tmp / "small.onnx").write_bytes(small.data)
+        small_path = tmp / "small.onnx"
+        small_path.write_bytes(small.data)
         (tmp / "io.onnx").write_bytes(build_io_model())
         csmask = find_csmask_model()
         if csmask is not None:
@@ -145,41 +296,79 @@ def main() -> int:
             time.sleep(0.5)
             startups.append(startup_ms)
             rss_idle.append(rss_mib(proc.pid))
-            proc.terminate()
-            proc.wait(30)
-            proc.stdout.close()  # type: ignore[union-attr]
+            stop(proc)
 
         proc, address, _ = start_agent(tmp / "models", THREADS)
+        bare: list[subprocess.Popen[str]] = []
         try:
-            with grpc.insecure_channel(address, [("grpc.max_receive_message_length", 1 << 28),
-                                                 ("grpc.http2.lookahead_bytes", LOOKAHEAD_BYTES),
-                                                 ("grpc.http2.max_frame_size", MAX_FRAME_BYTES)]) as ch:
+            with grpc.insecure_channel(address, channel_options()) as ch:
                 stub = node_agent_pb2_grpc.NodeAgentStub(ch)
-                info_s = upload(stub, "small@1", tmp / "small.onnx")
+                client = AgentClient(ch)
+                info_s = upload(stub, "small@1", small_path)
                 rss_small = rss_mib(proc.pid)
-                agent_s, direct_s, real_s, paired_s = compare(stub, "small@1", tmp / "small.onnx", args.repeats)
-                upload(stub, "io@1", tmp / "io.onnx")
-                agent_io, direct_io, _, _ = compare(stub, "io@1", tmp / "io.onnx", max(20, args.repeats // 3))
                 info_l = upload(stub, "large@1", large_path)
-                agent_l, direct_l, real_l, paired_l = compare(stub, "large@1", large_path, max(10, args.repeats // 10))
+                results = {}
+                for label, path, info, repeats in (("small", small_path, info_s, args.repeats),
+                                                   ("large", large_path, info_l, max(10, args.repeats // 10))):
+                    g_proc, g_port = start_bare("grpc", path)
+                    s_proc, s_port = start_bare("socket", path)
+                    bare += [g_proc, s_proc]
+                    real: list[float] = []
+                    with grpc.insecure_channel(f"127.0.0.1:{g_port}", channel_options()) as g_ch:
+                        calls = {"agent": agent_call(client, f"{label}@1", info.inputs[0].name, real),
+                                 "bare gRPC": bare_grpc_call(g_ch), "bare socket": bare_socket_call(s_port)}
+                        results[label] = (*interleaved(path, calls, repeats), statistics.median(real))
+                    for b in (g_proc, s_proc):
+                        b.kill()
+                        b.wait()
+                        assert b.stdout is not None
+                        b.stdout.close()
+                stream_s = stream_overhead(client, "small@1", small_path, tiles=50, rounds=max(3, args.repeats // 50))
+                stream_l = stream_overhead(client, "large@1", large_path, tiles=4, rounds=5)
+                upload(stub, "io@1", tmp / "io.onnx")
+                request_io = node_agent_pb2.InferRequest(model_id="io@1")
+
+                def via_stub(x: np.ndarray) -> object:
+                    # What a caller with the generated classes does: build, send, decode (copies included).
+                    del request_io.inputs[:]
+                    serde.add_tensors(request_io.inputs, {"x": x})
+                    resp = stub.Infer(request_io, timeout=60)
+                    return serde.tensor_to_array(resp.outputs[0], "o", 1 << 40)
+
+                io_real: list[float] = []
+                direct_io, io = interleaved(
+                    tmp / "io.onnx", {"AgentClient": agent_call(client, "io@1", "x", io_real),
+                                      "generated stub": via_stub}, max(20, args.repeats // 3))
                 rss_both = rss_mib(proc.pid)
         finally:
-            proc.terminate()
-            proc.wait(30)
-            proc.stdout.close()  # type: ignore[union-attr]
+            stop(proc)
+            for b in bare:
+                if b.poll() is None:
+                    b.kill()
+                    b.wait()
 
     load = os.getloadavg()
-    print(f"onnxruntime {ort.__version__}, {THREADS} intra-op thread(s), medians; host: {os.cpu_count()} cores, "
-          f"load average {load[0]:.1f} at the end (other work on the machine inflates every figure)")
-    print(f"small CNN 3x64x64 ({info_s.gflop_per_inference * 1e3:.1f} MFLOP): direct {direct_s:.3f} ms, "
-          f"via agent {agent_s:.3f} ms, added {paired_s:.3f} ms per call (paired median; target <= 1 ms); "
-          f"session time inside the agent {real_s:.3f} ms")
-    print(f"{large_name} ({info_l.gflop_per_inference:.2f} GFLOP): direct {direct_l:.1f} ms, via agent "
-          f"{agent_l:.1f} ms, overhead {paired_l / direct_l * 100:.2f}% (paired median; target <= 5%); "
-          f"session time inside the agent {real_l:.1f} ms, so the RPC path adds {agent_l - real_l:.1f} ms "
-          f"({(agent_l - real_l) / real_l * 100:.2f}%)")
-    print(f"moving a cloud-mask tile (1x6x256x256 float32 in, 1x3x256x256 out, no compute): via agent "
-          f"{agent_io:.2f} ms, direct {direct_io:.2f} ms")
+    print(f"onnxruntime {ort.__version__}, grpcio {grpc.__version__}, {THREADS} intra-op thread(s) in both sessions, "
+          f"medians; host: {os.cpu_count()} cores, load average {load_start:.1f} at the start, {load[0]:.1f} at "
+          f"the end (other work on the machine inflates every figure)")
+    for label, name in (("small", f"small CNN 3x64x64 ({info_s.gflop_per_inference * 1e3:.1f} MFLOP)"),
+                        ("large", f"{large_name} ({info_l.gflop_per_inference:.2f} GFLOP)")):
+        direct, paths, real_median = results[label]
+        agent_ms, added = paths["agent"]
+        target = "target <= 1 ms" if label == "small" else "target <= 5%"
+        print(f"{name}: direct {direct:.3f} ms, via agent {agent_ms:.3f} ms, added {added:.3f} ms per call = "
+              f"{added / direct * 100:.1f}% (paired median; {target}); session time inside the agent "
+              f"{real_median:.3f} ms")
+        floor = ", ".join(f"{k} adds {paths[k][1]:.3f} ms" for k in ("bare gRPC", "bare socket"))
+        print(f"  same run, same session behind other servers: {floor}; so gRPC's own path costs "
+              f"{paths['bare gRPC'][1] - paths['bare socket'][1]:.3f} ms and the agent's own work "
+              f"{added - paths['bare gRPC'][1]:.3f} ms")
+    for name, (via, direct, added) in (("small CNN, 50 tiles", stream_s), (f"{large_name}, 4 tiles", stream_l)):
+        print(f"InferStream, {name} a stream: {via:.3f} ms a tile vs {direct:.3f} ms direct, "
+              f"{added:.3f} ms added per tile ({added / direct * 100:.1f}%; paired median over rounds)")
+    print(f"moving a cloud-mask tile (1x6x256x256 float32 in, 1x3x256x256 out, no compute; direct "
+          f"{direct_io:.2f} ms): AgentClient {io['AgentClient'][0]:.2f} ms, generated stub "
+          f"{io['generated stub'][0]:.2f} ms")
     print(f"start-up to SERVING (empty store): median {statistics.median(startups):.0f} ms "
           f"(runs: {', '.join(f'{s:.0f}' for s in startups)})")
     print(f"RSS per agent: idle {statistics.median(rss_idle):.0f} MiB, with small model {rss_small:.0f} MiB, "

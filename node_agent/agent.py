@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -79,6 +80,14 @@ class AgentStatus:
     compute_gflops: float
 
 
+class Cancellation(Protocol):
+    """What :meth:`Agent.infer` waits on while emulating a slower node (``threading.Event`` is one)."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block up to ``timeout`` seconds; True as soon as the work is cancelled."""
+        ...
+
+
 @dataclass(slots=True)
 class _Resident:
     stored: StoredModel
@@ -97,6 +106,10 @@ class Agent:
         self._lock = threading.Lock()  # guards _models and the counters below
         self._load_lock = threading.Lock()  # one model load at a time (memory accounting, disk)
         self._slots = threading.BoundedSemaphore(self.profile.slots)
+        # Energy above idle per emulated millisecond of one slot: (active - idle) / slots, in Wh per ms.
+        self._energy_per_emulated_ms_wh = (
+            (self.profile.active_power_w - self.profile.idle_power_w) / self.profile.slots / 3.6e6
+        )
         self._in_use = 0
         self._waiting = 0
         self._energy_wh = 0.0
@@ -236,23 +249,32 @@ class Agent:
 
     def infer(
         self, model_id: str, feeds: Mapping[str, np.ndarray], *, simulated_clock: bool = False,
-        cancelled: threading.Event | None = None,
+        cancelled: Cancellation | None = None,
     ) -> InferOutcome:
-        """Run one inference on the emulated node: check inputs, wait for a slot, run, emulate the duration."""
+        """Run one inference on the emulated node: check inputs, wait for a slot, run, emulate the duration.
+
+        ``cancelled`` is waited on only while emulating a slower node (a caller that gives up frees its slot).
+        """
         resident = self._resident(model_id)
         resident.runtime.check(feeds)
         emulated_ms = (
             resident.runtime.work_scale(feeds) * resident.info.gflop_per_inference / self.profile.compute_gflops * 1e3
         )
         t_queue = time.perf_counter()
-        with self._lock:
-            self._waiting += 1
-        try:
-            self._slots.acquire()
-        finally:
+        # Free slot: take it without blocking (the common case; one lock for the counters). Otherwise the call
+        # is queued: counted as waiting until the semaphore lets it in.
+        if self._slots.acquire(blocking=False):
             with self._lock:
-                self._waiting -= 1
                 self._in_use += 1
+        else:
+            with self._lock:
+                self._waiting += 1
+            try:
+                self._slots.acquire()
+            finally:
+                with self._lock:
+                    self._waiting -= 1
+                    self._in_use += 1
         try:
             t0 = time.perf_counter()
             queue_ms = (t0 - t_queue) * 1e3
@@ -265,16 +287,17 @@ class Agent:
                     cancelled.wait(wait_s)
                 else:
                     time.sleep(wait_s)
-            energy_wh = (self.profile.active_power_w - self.profile.idle_power_w) / self.profile.slots * (
-                emulated_ms / 3.6e6
-            )
-            with self._lock:
-                self._energy_wh += energy_wh
-                self._inferences += 1
-        finally:
+        except BaseException:
             with self._lock:
                 self._in_use -= 1
             self._slots.release()
+            raise
+        energy_wh = self._energy_per_emulated_ms_wh * emulated_ms
+        with self._lock:  # one lock for all the call's accounting
+            self._in_use -= 1
+            self._energy_wh += energy_wh
+            self._inferences += 1
+        self._slots.release()
         return InferOutcome(outputs, real_ms, emulated_ms, queue_ms, energy_wh)
 
     # ------------------------------------------------------------------ link and status

@@ -1,8 +1,12 @@
-"""The one place where protos meet the agent's domain types (numpy arrays, ModelInfo, AgentStatus)."""
+"""The one place where protos meet the agent's domain types (numpy arrays, ModelInfo, AgentStatus).
+
+Tensors arrive either as generated ``tensor_pb2.Tensor`` messages (Fleet work, tests, other clients' code) or as
+:class:`node_agent.wire.WireTensor` views (the ``Infer`` / ``InferStream`` RPCs, decoded without copying); both
+are checked and turned into arrays by the same :func:`tensor_to_array`.
+"""
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -10,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
+from node_agent import wire
 from node_agent.agent import AgentStatus, InferOutcome, ModelInfo
 from node_agent.errors import LimitError
 from node_agent.runtime import WIRE_DTYPES, TensorSpec
@@ -26,16 +31,20 @@ _WIRE_DTYPES: dict[str, tuple[np.dtype, np.dtype]] = {
 }
 
 
-def tensor_to_array(t: tensor_pb2.Tensor, where: str, max_bytes: int) -> np.ndarray:
-    """A numpy array (a read-only view of the proto's bytes) after checking dtype, shape and size."""
+AnyTensor = tensor_pb2.Tensor | wire.WireTensor
+
+
+def tensor_to_array(t: AnyTensor, where: str, max_bytes: int) -> np.ndarray:
+    """A numpy array (a read-only view of the tensor's bytes) after checking dtype, shape and size."""
     dtypes = _WIRE_DTYPES.get(t.dtype)
     if dtypes is None:
         raise InputError(f"{where}.dtype: expected one of {sorted(WIRE_DTYPES)}, got {t.dtype!r}")
     wire_dtype, native_dtype = dtypes
-    shape = tuple(int(d) for d in t.shape)
-    if len(shape) > MAX_RANK or any(d < 0 for d in shape):
+    # A WireTensor's shape is already a tuple of ints; a protobuf repeated field becomes one.
+    shape = t.shape if isinstance(t.shape, tuple) else tuple(t.shape)
+    if len(shape) > MAX_RANK or min(shape, default=0) < 0:
         raise InputError(f"{where}.shape: expected up to {MAX_RANK} non-negative sizes, got {list(shape)}")
-    data = t.data  # each attribute access copies the bytes out of the message: read it once
+    data = t.data  # each attribute access copies the bytes out of a protobuf message: read it once
     if len(data) > max_bytes:
         raise LimitError(f"{where}.data: {len(data)} bytes over the tensor size limit {max_bytes} bytes")
     expected = math.prod(shape) * wire_dtype.itemsize
@@ -48,17 +57,12 @@ def tensor_to_array(t: tensor_pb2.Tensor, where: str, max_bytes: int) -> np.ndar
     return arr if wire_dtype == native_dtype else arr.astype(native_dtype)
 
 
-@functools.cache
-def _dtype_name(dtype: np.dtype) -> str:
-    return dtype.name  # a Python-level property in numpy that costs tens of microseconds: cached per dtype
-
-
 def _encode(arr: np.ndarray) -> tuple[str, tuple[int, ...], bytes]:
     """(wire dtype name, shape, little-endian C-order bytes) of ``arr``: one copy of the data."""
     a = np.ascontiguousarray(arr)
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
-    return _dtype_name(a.dtype), a.shape, a.tobytes()
+    return wire.dtype_name(a.dtype), a.shape, a.tobytes()
 
 
 def array_to_tensor(name: str, arr: np.ndarray) -> tensor_pb2.Tensor:
@@ -66,7 +70,7 @@ def array_to_tensor(name: str, arr: np.ndarray) -> tensor_pb2.Tensor:
     return tensor_pb2.Tensor(name=name, dtype=dtype, shape=shape, data=data)
 
 
-def feeds_from_protos(tensors: Sequence[tensor_pb2.Tensor], max_bytes: int) -> dict[str, np.ndarray]:
+def feeds_from_protos(tensors: Sequence[AnyTensor], max_bytes: int) -> dict[str, np.ndarray]:
     feeds: dict[str, np.ndarray] = {}
     for i, t in enumerate(tensors):
         where = f"inputs[{i}]"
@@ -126,6 +130,14 @@ def infer_response(model_id: str, request_id: str, out: InferOutcome) -> node_ag
     )
     add_tensors(resp.outputs, out.outputs)
     return resp
+
+
+def encode_infer_response(model_id: str, request_id: str, out: InferOutcome) -> bytes:
+    """The serialised ``InferResponse`` of ``out`` (what :func:`infer_response` builds, without its copies)."""
+    return wire.encode_infer_response(
+        model_id, request_id, out.outputs, real_ms=out.real_ms, emulated_ms=out.emulated_ms, queue_ms=out.queue_ms,
+        energy_wh=out.energy_wh,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,10 +22,11 @@ from types import FrameType
 from typing import NoReturn
 
 import grpc
+from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from node_agent import serde
+from node_agent import serde, wire
 from node_agent.agent import Agent
 from node_agent.config import (
     LOOKAHEAD_BYTES,
@@ -104,6 +105,29 @@ class AgentDeps:
         return cls(Agent(config), ResultSpool(config.spool_path), health.HealthServicer())
 
 
+class CallEnded:
+    """The :class:`node_agent.agent.Cancellation` of a gRPC call: set when the call ends, so a caller that gives
+    up (cancel, deadline) frees its slot instead of leaving it asleep for the rest of the emulated time.
+
+    Registered with gRPC only when the agent first waits on it (an emulated slower node): the Event and the
+    termination callback cost ~8 µs a call, for nothing when the node is faster than this host.
+    Used from the call's handler thread only.
+    """
+
+    __slots__ = ("_context", "_event")
+
+    def __init__(self, context: grpc.ServicerContext) -> None:
+        self._context = context
+        self._event: threading.Event | None = None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._event is None:
+            self._event = threading.Event()
+            if not self._context.add_callback(self._event.set):
+                self._event.set()  # the call has already ended
+        return self._event.wait(timeout)
+
+
 class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
     def __init__(self, deps: AgentDeps) -> None:
         self.agent = deps.agent
@@ -145,24 +169,15 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
             _abort(context, exc)
         return node_agent_pb2.UnloadModelResponse(unloaded=True)
 
-    def _infer(
-        self, request: node_agent_pb2.InferRequest, context: grpc.ServicerContext, gone: threading.Event
-    ) -> node_agent_pb2.InferResponse:
+    def _infer(self, request: wire.WireInferRequest, context: grpc.ServicerContext, gone: CallEnded) -> bytes:
+        """One inference; the response already serialised (see :mod:`node_agent.wire`: no tensor copies)."""
         if not request.model_id:
             raise InputError("model_id: required")
         self.agent.model(request.model_id)  # NOT_FOUND before decoding tensors
         feeds = serde.feeds_from_protos(request.inputs, self.max_tensor_bytes)
         out = self.agent.infer(request.model_id, feeds, simulated_clock=request.simulated_clock, cancelled=gone)
         self._wait_link(context)
-        return serde.infer_response(request.model_id, request.request_id, out)
-
-    @staticmethod
-    def _on_termination(context: grpc.ServicerContext) -> threading.Event:
-        """Set when the call ends: a caller that gives up (cancel, deadline) frees its slot instead of
-        leaving it asleep for the rest of the emulated time."""
-        gone = threading.Event()
-        context.add_callback(gone.set)
-        return gone
+        return serde.encode_infer_response(request.model_id, request.request_id, out)
 
     def _wait_link(self, context: grpc.ServicerContext) -> None:
         """Hold the result while the link is down, for as long as the caller waits (its deadline)."""
@@ -175,18 +190,16 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
             except LinkDownError:
                 continue
 
-    def Infer(
-        self, request: node_agent_pb2.InferRequest, context: grpc.ServicerContext
-    ) -> node_agent_pb2.InferResponse:
+    def Infer(self, request: wire.WireInferRequest, context: grpc.ServicerContext) -> bytes:
         try:
-            return self._infer(request, context, self._on_termination(context))
+            return self._infer(request, context, CallEnded(context))
         except SkyinferError as exc:
             _abort(context, exc)
 
     def InferStream(
-        self, request_iterator: Iterator[node_agent_pb2.InferRequest], context: grpc.ServicerContext
-    ) -> Iterator[node_agent_pb2.InferResponse]:
-        gone = self._on_termination(context)
+        self, request_iterator: Iterator[wire.WireInferRequest], context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
+        gone = CallEnded(context)
         for i, request in enumerate(request_iterator):
             try:
                 yield self._infer(request, context, gone)
@@ -204,6 +217,41 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
     ) -> fleet_pb2.NodeStatus:
         self.agent.set_link(request.up)
         return serde.status_to_proto(self.agent.status(), len(self.spool))
+
+
+# RPCs whose messages go through node_agent.wire (tensor bytes not copied) instead of the generated classes.
+_WIRE_CODEC_METHODS = frozenset({"Infer", "InferStream"})
+_HANDLER_FACTORIES = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def add_node_agent_servicer(servicer: NodeAgentServicer, server: grpc.Server) -> None:
+    """Register every ``skyinfer.v1.NodeAgent`` RPC of ``servicer`` (what the generated
+    ``add_NodeAgentServicer_to_server`` does), with ``Infer`` and ``InferStream`` decoded and encoded by
+    :mod:`node_agent.wire`. Built from the service descriptor, so a method added to the proto is registered
+    without a hand-kept table (answering UNIMPLEMENTED, from the generated base class, until implemented)."""
+    service = node_agent_pb2.DESCRIPTOR.services_by_name["NodeAgent"]
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in service.methods:
+        factory = _HANDLER_FACTORIES[(method.client_streaming, method.server_streaming)]
+        behaviour = getattr(servicer, method.name)
+        if method.name in _WIRE_CODEC_METHODS:
+            # The response serializer is the identity: the servicer returns bytes from wire.encode_*.
+            handlers[method.name] = factory(behaviour, request_deserializer=wire.decode_infer_request)
+        else:
+            request_cls = message_factory.GetMessageClass(method.input_type)
+            response_cls = message_factory.GetMessageClass(method.output_type)
+            handlers[method.name] = factory(
+                behaviour, request_deserializer=request_cls.FromString,
+                response_serializer=response_cls.SerializeToString,
+            )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    # As the generated code does (grpcio >= 1.62): the method is served without a generic-handler lookup.
+    server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]
 
 
 def server_credentials(config: AgentConfig) -> grpc.ServerCredentials | None:
@@ -232,7 +280,7 @@ def create_server(config: AgentConfig, deps: AgentDeps) -> tuple[grpc.Server, in
     workers = max(8, 4 * config.profile.slots) + 4
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agent-rpc"),
                          options=options)
-    node_agent_pb2_grpc.add_NodeAgentServicer_to_server(NodeAgentServicer(deps), server)
+    add_node_agent_servicer(NodeAgentServicer(deps), server)
     health_pb2_grpc.add_HealthServicer_to_server(deps.health, server)
     for name in ("", SERVICE_NAME):
         deps.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
