@@ -1,9 +1,11 @@
 """The one place replay meets the other packages: scenario, contact plan, problem, planner, validator, agents.
 
-Everything the engine needs from the scheduler and the node agent goes
-through the functions and classes here, so that an API change over there is
-one edit here. The engine itself only sees :class:`Planner`, :class:`AgentPool`
-and the plain domain types of :mod:`scheduler.types`.
+Everything the engine needs from the scheduler's planning core and the node
+agent goes through the functions and classes here, so that an API change over
+there is one edit here; the scheduler service (store, job service, planning
+loop) is behind :mod:`skyinfer.replay.service`. The engine itself only sees
+those two modules and the plain domain types of :mod:`scheduler.types` and
+:mod:`scheduler.store`.
 """
 
 from __future__ import annotations
@@ -85,42 +87,15 @@ def route_now(problem: Problem, src: str, t0_s: float, size_bytes: int, destinat
 
 
 # -- planner --------------------------------------------------------------------------------------
+# Planning rounds go through serve's planning loop (skyinfer.replay.service); the validator checks each.
 
-@dataclass(frozen=True, slots=True)
-class RoundResult:
-    plan: Plan
-    errors: tuple[str, ...]
-    wall_s: float  # planning
-    validate_wall_s: float
+def validate_round(problem: Problem, plan: Plan) -> tuple[tuple[str, ...], float]:
+    """The scheduler's plan validator on one round's plan: its errors (none for a valid plan) and wall time (s)."""
+    from scheduler.validator import validate_plan
 
-
-class Planner:
-    """The scheduler's planning core (``plan``/``replan``) and the validator, one round at a time."""
-
-    def __init__(self, policy: str, *, time_limit_s: float, workers: int, seed: int) -> None:
-        self.policy = policy
-        self.time_limit_s = time_limit_s
-        self.workers = workers
-        self.seed = seed
-        self.previous: Plan | None = None
-
-    def round(self, problem: Problem) -> RoundResult:
-        """Plan ``problem`` as it stands (replay supplies ``now_s``, the real charge and the fixed jobs).
-
-        ``scheduler.planner.replan`` would re-derive the fixed jobs and the
-        charge from the previous plan; replay knows the real ones, so it calls
-        ``plan`` with the previous plan as the hint (what ``replan`` does after rolling).
-        """
-        from scheduler.planner import plan
-        from scheduler.validator import validate_plan
-
-        t0 = time.perf_counter()
-        result = plan(problem, policy=self.policy, time_limit_s=self.time_limit_s, workers=self.workers,
-                      seed=self.seed, hint=self.previous)
-        wall_s = time.perf_counter() - t0
-        self.previous = result
-        errors = tuple(validate_plan(problem, result))
-        return RoundResult(result, errors, wall_s, time.perf_counter() - t0 - wall_s)
+    t0 = time.perf_counter()
+    errors = tuple(validate_plan(problem, plan))
+    return errors, time.perf_counter() - t0
 
 
 # -- models and agents ----------------------------------------------------------------------------

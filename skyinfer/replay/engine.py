@@ -4,6 +4,13 @@ The world model
 ---------------
 * Time is seconds after the scenario start (the contact plan epoch); events
   are processed in (time, kind, sequence) order, so a run is deterministic.
+* The scheduler is ``serve``'s (:mod:`skyinfer.replay.service`): jobs are
+  submitted through its job service into its SQLite store, every planning
+  round is its planning loop's :meth:`~scheduler.loop.PlanningLoop.step`,
+  deadlines are its expiry rule, and the physical events below become the
+  store transitions serve records (DISPATCHED when the work is committed,
+  RUNNING when inference starts, SUCCEEDED when the result is on the ground,
+  FAILED, back to PENDING when work is lost), one batch per simulated instant.
 * Jobs arrive at their submit time; a planning round follows (rounds are at
   least ``min_replan_gap_s`` apart, and at most ``replan_interval_s`` apart
   while work is pending). Each round gives the planner the jobs not yet
@@ -11,6 +18,10 @@ The world model
   node, the nodes that are up, the faults known so far (their contacts
   removed) and, as fixed placements, the committed jobs whose run has not
   ended. Every round's plan is checked with the scheduler's validator.
+  A job the planner cannot place for a reason that only gets worse
+  (``deadline``, ``no-contact``, ``model-uplink``) is EXPIRED at once, and at
+  its deadline any job not yet delivered is EXPIRED and its work cancelled
+  (serve's rules), so a result is never late.
 * Each round sees the contacts from ``now`` on: a pass under way is cut to
   start at ``now`` (it can carry only ``rate x (end - now)`` more), except
   the contacts the fixed jobs' hops name, which stay whole.
@@ -50,6 +61,7 @@ from typing import Any
 import numpy as np
 
 from orbit.contact_plan import SUNLIGHT_PENUMBRA, SUNLIGHT_SUNLIT, Contact, ContactPlan
+from scheduler.store import ACTIVE_STATES, JobResult, JobState, TransitionRecord
 from scheduler.types import (
     CaptureSource,
     Job,
@@ -59,10 +71,18 @@ from scheduler.types import (
     ScheduledJob,
     UplinkSource,
 )
-from skyinfer.replay.adapter import GROUND_NODE, AgentFailure, AgentPool, Planner, capture_passes, ground_profile
+from skyinfer.replay.adapter import (
+    GROUND_NODE,
+    AgentFailure,
+    AgentPool,
+    capture_passes,
+    ground_profile,
+    validate_round,
+)
 from skyinfer.replay.adapter import link_rates_bps as _link_rates_bps
 from skyinfer.replay.adapter import route_now as _route_now
 from skyinfer.replay.faults import Fault, clip_contact_plan, start_at_now, trim_contact_plan
+from skyinfer.replay.service import IN_FLIGHT, ReplayScheduler
 from skyinfer.replay.settings import ReplaySettings
 from skyinfer.timefmt import format_offset_utc
 
@@ -136,6 +156,7 @@ class JobOutcome:
     arrival_s: float | None
     node: str | None
     attempts: int
+    state: str = ""  # the job's final state in the scheduler's store ("": never submitted to it)
 
 
 @dataclass(slots=True)
@@ -173,6 +194,7 @@ class JobRun:
     last_planned: tuple[str, float] | None = None
     planned_job: Job | None = None  # the job as given to the round whose plan was committed
     rerouted: bool = False  # its result left the planned output route
+    result: JobResult | None = None  # what the agent produced (stored with the job when it is delivered)
 
 
 class Battery:
@@ -270,14 +292,18 @@ class ReplayResult:
     wall_s: float
     inference_real_ms: float
     agents_started: int
+    store_path: str = ""  # the scheduler's SQLite store of this run
+    store_transition_calls: int = 0
+    store_wall_s: float = 0.0  # wall time waiting for the store
 
 
 class Engine:
     """Plays one :class:`ReplaySetup` with one policy. Call :meth:`run` once."""
 
-    def __init__(self, setup: ReplaySetup, agents: AgentPool, *,
+    def __init__(self, setup: ReplaySetup, agents: AgentPool, scheduler: ReplayScheduler, *,
                  progress: Callable[[float, float, str], None] | None = None, speed: float | None = None) -> None:
         self.setup = setup
+        self.sched = scheduler
         self.s = setup.settings
         self.cp = setup.contact_plan
         self.base = setup.base_problem
@@ -288,8 +314,6 @@ class Engine:
         self.now = 0.0
         self._heap: list[tuple[float, int, int, Callable[..., None], tuple[Any, ...]]] = []
         self._seq = 0
-        self.planner = Planner(self.s.policy, time_limit_s=self.s.time_limit_s, workers=self.s.workers,
-                               seed=self.s.solver_seed)
         self.jobs: dict[str, JobRun] = {j.job_id: JobRun(j, j) for j in setup.jobs}
         self.events: list[dict[str, Any]] = []
         self.transfers: list[TransferRecord] = []
@@ -340,7 +364,9 @@ class Engine:
         wall0 = time.perf_counter()
         for jr in self.jobs.values():
             self.at(jr.job.submit_s, K_ARRIVE, self._arrive, jr.job.job_id)
-            self.at(jr.job.deadline_s, K_EXPIRE, self._expire, jr.job.job_id)
+            # At the deadline as the store holds it (whole ms): the loop's rule expires a job once its stored
+            # deadline is not after now.
+            self.at(self.sched.stored_deadline_s(jr.job), K_EXPIRE, self._expire, jr.job.job_id)
         for f in self.setup.faults:
             self.at(f.start_s, K_FAULT, self._fault_start, f)
             if math.isfinite(f.end_s):
@@ -355,6 +381,8 @@ class Engine:
             if t_s > self.duration_s + TIME_EPS_S:
                 heapq.heappush(self._heap, (t_s, 0, 0, fn, args))
                 break
+            if t_s > self.now:
+                self._flush()  # the instant that ended: its transitions in one store call
             if self.speed is not None:
                 lag_s = wall0 + t_s / self.speed - time.perf_counter()
                 if lag_s > 0:
@@ -364,8 +392,20 @@ class Engine:
             if self.progress is not None:
                 self.progress(self.now, self.duration_s,
                               f"{format_offset_utc(self.cp.start_utc, self.now)[:19]} jobs {self.done_count}/{total}")
+        self._flush()
         self.now = self.duration_s
         return self._finish(time.perf_counter() - wall0)
+
+    # -- the scheduler's store --------------------------------------------------------------------
+    def _log_transitions(self, records: list[TransitionRecord]) -> None:
+        for rec in records:
+            self.log("job.state", job=self.sched.scenario_ids[rec.job_id], seq=rec.seq,
+                     previous=rec.from_state.value if rec.from_state is not None else None,
+                     state=rec.to_state.value, reason=rec.reason, node=rec.node or None)
+
+    def _flush(self) -> None:
+        self.sched.flush(self.now)
+        self._log_transitions(self.sched.drain())
 
     # -- jobs ---------------------------------------------------------------------------------------
     def _arrive(self, job_id: str) -> None:
@@ -374,21 +414,56 @@ class Engine:
         src = jr.job.source
         self.log("job.submitted", job=job_id, priority=jr.job.priority, model=jr.job.model_id,
                  source=src.kind, deadline_s=jr.job.deadline_s)
+        rejected = self.sched.submit(jr.job, self.now)
+        if rejected is not None:
+            self._close(jr, "failed", f"rejected: {rejected.reason}")
+            return
         if isinstance(src, UplinkSource):
             jr.data_at = f"gs:{src.station}" if src.station else None
         elif isinstance(src, OnboardSource):
             jr.data_at = src.satellite
-        self.request_round(self.now)
+        self.request_round(self.now, "job arrived")
 
     def _expire(self, job_id: str) -> None:
         jr = self.jobs[job_id]
-        if jr.status in ("pending", "scheduled", "waiting"):
-            self._close(jr, "expired", jr.reason or "deadline: no plan delivered the result in time")
+        if jr.status in ("done", "waiting"):
+            return
+        self._flush()
+        expired = self.sched.expire([job_id], self.now)
+        records = self.sched.drain()
+        self._log_transitions(records)
+        stored = records[0].reason if expired and records else "deadline: not delivered by the deadline"
+        if jr.status == "committed":
+            # Serve cancels the work of a job it expires: the run stops, its transfers are dropped.
+            self._cancel_work(jr)
+            self._close(jr, "expired", f"{stored}; its work was cancelled", recorded=bool(expired))
+        else:
+            self._close(jr, "expired", jr.reason or stored, recorded=bool(expired))
 
-    def _close(self, jr: JobRun, outcome: str, reason: str = "") -> None:
+    def _cancel_work(self, jr: JobRun) -> None:
+        jr.run_token += 1
+        for node in (*self.nodes.values(), self.ground):
+            if jr.job.job_id in node.running:
+                self._stop_run(jr, node, False)
+            if jr.job.job_id in node.queue:
+                node.queue.remove(jr.job.job_id)
+
+    def _close(self, jr: JobRun, outcome: str, reason: str = "", *, recorded: bool = False) -> None:
+        """Finish ``jr`` with ``outcome`` and record the store state it means (unless ``recorded`` already)."""
         for c in jr.chains:
             c.alive = False
         jr.chains = []
+        job_id = jr.job.job_id
+        if recorded:
+            pass
+        elif outcome == "on_time":
+            self.sched.record(job_id, JobState.SUCCEEDED, f"result of {jr.node} on the ground at "
+                              f"{format_offset_utc(self.cp.start_utc, self.now)}", node=jr.node or "",
+                              result=jr.result, expect=IN_FLIGHT)
+        elif outcome in ("late", "expired"):
+            self.sched.record(job_id, JobState.EXPIRED, reason, node=jr.node or "", expect=ACTIVE_STATES)
+        elif outcome == "failed":
+            self.sched.record(job_id, JobState.FAILED, reason, node=jr.node or "", expect=ACTIVE_STATES)
         jr.status = "done"
         jr.outcome = outcome
         jr.reason = reason
@@ -404,6 +479,8 @@ class Engine:
         jr.run_token += 1
         if jr.node and jr.node in self.nodes and jr.job.job_id in self.nodes[jr.node].queue:
             self.nodes[jr.node].queue.remove(jr.job.job_id)
+        # Serve's answer to lost work: back to PENDING (no node, no work id) and re-planned.
+        self.sched.record(jr.job.job_id, JobState.PENDING, why, expect=(JobState.SCHEDULED, *IN_FLIGHT), work_id="")
         jr.status = "pending"
         jr.phase = ""
         jr.rerouted = False
@@ -422,7 +499,7 @@ class Engine:
             jr.current = replace(job, source=OnboardSource(data_at), submit_s=self.now)
         jr.data_at = data_at
         self.log("job.requeued", job=job.job_id, reason=why, data_at=data_at)
-        self.request_round(self.now)
+        self.request_round(self.now, "work lost")
 
     def _lose(self, jr: JobRun, why: str) -> None:
         """The job's data is gone: an uplink job starts over from the ground copy; others fail."""
@@ -433,12 +510,12 @@ class Engine:
             self._close(jr, "failed", why)
 
     # -- planning ------------------------------------------------------------------------------------
-    def request_round(self, t_s: float) -> None:
+    def request_round(self, t_s: float, why: str) -> None:
         t = max(t_s, self.last_round_s + self.s.min_replan_gap_s)
         if self.next_round_s is not None and self.next_round_s <= t + TIME_EPS_S:
             return
         self.next_round_s = t
-        self.at(t, K_ROUND, self._round, t)
+        self.at(t, K_ROUND, self._round, t, why)
 
     def _contact_plan_now(self) -> tuple[ContactPlan, dict[Contact, int]]:
         key = tuple(i for i, f in enumerate(self.setup.faults) if f in self.known_faults and f.kind != "agent_kill")
@@ -501,7 +578,7 @@ class Engine:
             jobs.append(jr.planned_job or jr.current)
         return fixed, jobs
 
-    def _round(self, t_s: float) -> None:
+    def _round(self, t_s: float, why: str) -> None:
         if self.next_round_s is None or abs(self.next_round_s - t_s) > TIME_EPS_S:
             return  # superseded: an earlier round ran and scheduled its own successor
         self.next_round_s = None
@@ -526,21 +603,32 @@ class Engine:
         jobs = [jr.current for jr in sorted(open_jobs, key=lambda r: r.job.job_id)]
         problem = replace(self.base, contact_plan=cp, profiles_by_node=profiles, jobs=tuple(jobs + fixed_jobs),
                           now_s=self.now, fixed=tuple(fixed))
-        result = self.planner.round(problem)
-        plan = result.plan
+        self._flush()
+        step = self.sched.step(problem, why)
+        plan = step.plan
+        errors, validate_wall_s = validate_round(problem, plan)
         fixed_ids = {f.job_id for f in fixed}
         self.rounds.append(RoundRecord(self.now, len(jobs), len(fixed), len(plan.scheduled) - len(fixed_ids),
                                        len(plan.unschedulable), plan.objective, plan.bound, plan.status,
-                                       result.errors, result.wall_s, result.validate_wall_s))
+                                       errors, step.wall_s, validate_wall_s))
         self.log("plan.round", policy=self.s.policy, jobs=len(jobs), fixed=len(fixed),
                  scheduled=len(plan.scheduled) - len(fixed_ids), unschedulable=len(plan.unschedulable),
-                 objective=plan.objective, bound=plan.bound, validator_errors=len(result.errors))
+                 objective=plan.objective, bound=plan.bound, validator_errors=len(errors))
+        self._log_transitions(self.sched.drain())
+        for rec in step.transitions:
+            if rec.to_state is JobState.EXPIRED:  # the loop's rule: a reason that only gets worse with time
+                gone = self.jobs[self.sched.scenario_ids[rec.job_id]]
+                gone.reason = rec.reason
+                gone.plan = None
+                self._close(gone, "expired", rec.reason, recorded=True)
         contacts = list(index)  # insertion order = contact index
         rates = _link_rates_bps(problem)
         for sj in plan.scheduled:
             if sj.job_id in fixed_ids:
                 continue
             jr = self.jobs[sj.job_id]
+            if jr.status == "done":
+                continue
             jr.version += 1
             jr.plan = sj
             jr.status = "scheduled"
@@ -569,7 +657,7 @@ class Engine:
                 ur.last_planned = None
                 self.log("job.unschedulable", job=u.job_id, reason=u.reason)
         if any(jr.status in ("pending", "scheduled") for jr in self.jobs.values()):
-            self.request_round(self.now + self.s.replan_interval_s)
+            self.request_round(self.now + self.s.replan_interval_s, "periodic")
 
     def _schedule_commit(self, jr: JobRun, problem: Problem) -> None:
         sj = jr.plan
@@ -616,6 +704,9 @@ class Engine:
         jr.node = sj.node
         jr.data_at = where
         jr.phase = "input"
+        self.sched.record(job_id, JobState.DISPATCHED, f"committed to {sj.node}: its transfers start from {where} "
+                          f"(attempt {jr.attempts})", node=sj.node, expect=(JobState.SCHEDULED,),
+                          work_id=self.sched.work_id(job_id, self.now))
         self.log("job.committed", job=job_id, node=sj.node, attempt=jr.attempts)
         if sj.model_route and sj.node in self.nodes:
             node_run = self.nodes[sj.node]
@@ -788,6 +879,12 @@ class Engine:
             self._close(jr, "failed", f"agent: {exc}")
             return
         self.inference_real_ms += result.real_ms
+        self.sched.record(jr.job.job_id, JobState.RUNNING, f"running on {node.name} ({jr.job.tiles} tiles, "
+                          f"{result.emulated_s:.3f} s emulated)", node=node.name, expect=(JobState.DISPATCHED,))
+        jr.result = JobResult(
+            location=node.name, output_bytes=jr.job.output_bytes,
+            detail=f"tiles_done={jr.job.tiles} real_tiles={result.tiles_run} real_ms={result.real_ms:.1f} "
+                   f"emulated_ms={result.emulated_s * 1000.0:.1f} output_digest={result.output_digest or '-'}")
         if node.battery is not None:
             node.battery.advance(self.now)
             node.battery.running += 1
@@ -851,6 +948,8 @@ class Engine:
 
     def _deliver(self, jr: JobRun, t_s: float) -> None:
         jr.arrival_s = t_s
+        if jr.result is not None and jr.data_at is not None and jr.data_at.startswith("gs:"):
+            jr.result = replace(jr.result, location=jr.data_at)  # the station the result came down to
         jr.data_at = None
         on_time = t_s <= jr.job.deadline_s + 1e-3
         self._close(jr, "on_time" if on_time else "late")
@@ -888,7 +987,7 @@ class Engine:
                     if jr.status in ("committed", "pending", "scheduled") and jr.data_at == node.name:
                         self._lose(jr, f"node-down: {node.name} went down holding the job's data")
                 node.models = set(node.profile.resident_models)
-        self.request_round(self.now)
+        self.request_round(self.now, f"fault {f.label()}")
 
     def _fault_end(self, f: Fault) -> None:
         if f in self.active_faults:
@@ -901,7 +1000,7 @@ class Engine:
             else:
                 node.agent_up = True
                 self._try_start(node)
-        self.request_round(self.now)
+        self.request_round(self.now, f"fault {f.label()} over")
 
     # -- samples and the end ----------------------------------------------------------------------------
     def _sample(self) -> None:
@@ -926,6 +1025,9 @@ class Engine:
                 else:
                     self._close(jr, "unfinished", "in progress when the window ended (deadline later)")
             outcomes.append(JobOutcome(jr.job, jr.outcome, jr.reason, jr.arrival_s, jr.node, jr.attempts))
+        self._flush()
+        states = self.sched.states()
+        outcomes = [replace(o, state=states[o.job.job_id].value if o.job.job_id in states else "") for o in outcomes]
         outcomes.sort(key=lambda o: (o.job.submit_s, o.job.job_id))
         nodes: dict[str, dict[str, float]] = {}
         for name, node in sorted(self.nodes.items()):
@@ -945,4 +1047,5 @@ class Engine:
             }
         curves = {n: (np.array([t for t, _ in s]), np.array([v for _, v in s])) for n, s in self.soc_samples.items()}
         return ReplayResult(self.setup, tuple(outcomes), tuple(self.transfers), tuple(self.runs), tuple(self.rounds),
-                            nodes, curves, tuple(self.events), wall_s, self.inference_real_ms, self.agents.started)
+                            nodes, curves, tuple(self.events), wall_s, self.inference_real_ms, self.agents.started,
+                            self.sched.store.path, self.sched.transition_calls, self.sched.store_wall_s)

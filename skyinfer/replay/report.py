@@ -3,14 +3,17 @@
 Everything in ``report.json`` except the ``wall`` section depends only on the
 scenario and the seed (the determinism test compares it byte for byte); the
 ``wall`` section holds wall-clock figures (wall time, planner time per round,
-real inference time, simulated seconds per wall second).
+real inference time, simulated seconds per wall second). The ``store`` section
+is the scheduler's own record: the final state of every job in its store, and
+how many disagree with the outcomes (:func:`store_disagreements`; none in a
+sound run).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ import numpy as np
 from scheduler.types import CaptureSource, OnboardSource
 from skyinfer.fileio import write_atomic
 from skyinfer.replay.engine import OUTCOMES, ReplayResult
+from skyinfer.replay.service import STATE_OF_OUTCOME
 from skyinfer.timefmt import format_utc
 
 REPORT_VERSION = 1
@@ -37,6 +41,24 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
     a = np.array(sorted(values))
     return {"count": len(values), "p50": _r(float(np.percentile(a, 50))), "p90": _r(float(np.percentile(a, 90))),
             "p99": _r(float(np.percentile(a, 99))), "mean": _r(float(a.mean())), "max": _r(float(a.max()))}
+
+
+def store_disagreements(result: ReplayResult) -> list[str]:
+    """Jobs whose final state in the scheduler's store does not match their outcome (none in a sound run).
+
+    Every job submitted to the store must end in the state of its outcome (``STATE_OF_OUTCOME``); only a
+    job submitted after the window or rejected by the service's validation is absent from the store.
+    """
+    out: list[str] = []
+    for o in result.outcomes:
+        if not o.state:
+            never = (o.outcome == "unfinished" and o.job.submit_s > result.setup.contact_plan.duration_s) or (
+                o.outcome == "failed" and o.reason.startswith("rejected:"))
+            if not never:
+                out.append(f"{o.job.job_id}: {o.outcome} but not in the store")
+        elif o.state not in STATE_OF_OUTCOME[o.outcome]:
+            out.append(f"{o.job.job_id}: {o.outcome} but {o.state} in the store")
+    return out
 
 
 def _counts() -> dict[str, int]:
@@ -71,6 +93,7 @@ def build_report(result: ReplayResult, *, contact_plan_wall_s: float = 0.0) -> d
     used = {n: d for n, d in nodes.items() if d["jobs_run"]}
     min_soc_node = min(result.nodes, key=lambda n: (result.nodes[n]["min_soc"], n), default=None)
     errors = [f"{r.t_s:.3f}: {e}" for r in result.rounds for e in r.errors]
+    disagree = store_disagreements(result)
     wall_rounds = [r.wall_s for r in result.rounds]
     report: dict[str, Any] = {
         "version": REPORT_VERSION,
@@ -119,6 +142,14 @@ def build_report(result: ReplayResult, *, contact_plan_wall_s: float = 0.0) -> d
             if result.rounds else None,
         },
         "runs": {"count": sum(1 for r in result.runs if r.ok), "aborted": sum(1 for r in result.runs if not r.ok)},
+        # The scheduler's own record (serve's store): final job states, and that they agree with the outcomes.
+        "store": {
+            "jobs": sum(1 for o in result.outcomes if o.state),
+            "states": dict(sorted(Counter(o.state for o in result.outcomes if o.state).items())),
+            "transition_batches": result.store_transition_calls,
+            "disagreements": len(disagree),
+            "first_disagreements": disagree[:20],
+        },
         "faults": [{"kind": f.kind, "target": f.target, "other": f.other, "start_s": f.start_s,
                     "end_s": f.end_s if math.isfinite(f.end_s) else None} for f in setup.faults],
         "agents": {"mode": setup.settings.agent_mode, "started": result.agents_started,
@@ -131,6 +162,7 @@ def build_report(result: ReplayResult, *, contact_plan_wall_s: float = 0.0) -> d
             "planner_s_per_round": _percentiles(wall_rounds),
             "planner_s_each_round": [_r(w, 4) for w in wall_rounds],
             "validator_s_total": _r(sum(r.validate_wall_s for r in result.rounds), 3),
+            "store_s_total": _r(result.store_wall_s, 3),
             "inference_real_ms_total": _r(result.inference_real_ms, 1),
         },
     }

@@ -15,6 +15,7 @@ from skyinfer.replay.adapter import AgentPool, build_base_problem, build_contact
 from skyinfer.replay.engine import Engine, ReplayResult, ReplaySetup
 from skyinfer.replay.faults import check_fault_targets, parse_faults
 from skyinfer.replay.report import build_report, write_report
+from skyinfer.replay.service import DB_NAME, ReplayScheduler
 from skyinfer.replay.settings import ReplaySettings, parse_settings
 from skyinfer.replay.workload import parse_workload
 from skyinfer.scenario import Scenario, load_scenario
@@ -76,7 +77,8 @@ def prepare(path: str | Path, *, seed: int | None = None, policy: str | None = N
 
 def play(prepared: Prepared, out_dir: Path, *, policy: str | None = None, progress: ProgressFn | None = None,
          speed: float | None = None) -> tuple[ReplayResult, dict[str, Any]]:
-    """Replay with ``policy`` (default: the scenario's) and write report.json and events.jsonl into ``out_dir``."""
+    """Replay with ``policy`` (default: the scenario's); write report.json, events.jsonl and the scheduler's
+    store (``replay.db``) into ``out_dir``."""
     setup = prepared.setup
     if policy is not None:
         setup = replace(setup, settings=replace(setup.settings, policy=policy))
@@ -95,9 +97,13 @@ def play(prepared: Prepared, out_dir: Path, *, policy: str | None = None, progre
     else:
         pool = AgentPool(agent_root, setup.base_problem.models, files, setup.base_problem.profiles_by_node,
                          real_tiles=settings.real_tiles_per_job, threads=settings.agent_threads)
+    # The scheduler's store is kept in DIR: the same SQLite file serve keeps (``--db``), with every job's
+    # transitions, results and the last plan, to inspect or audit after the run.
+    scheduler = ReplayScheduler(setup.base_problem, out_dir / DB_NAME, settings)
     try:
-        result = Engine(setup, pool, progress=progress, speed=speed).run()
+        result = Engine(setup, pool, scheduler, progress=progress, speed=speed).run()
     finally:
+        scheduler.close()
         close = getattr(pool, "close", None)
         if close is not None:
             close()

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from orbit.contact_plan import station_node
+from scheduler.store import ACTIVE_STATES, ALLOWED_TRANSITIONS, JobState, Store
 from skyinfer.cli import main
 from skyinfer.replay.engine import OUTCOMES, ReplayResult
-from skyinfer.replay.report import deterministic_part
+from skyinfer.replay.report import deterministic_part, store_disagreements
 from skyinfer.replay.run import Prepared, play, prepare
 
 SMALL = Path(__file__).parent / "data" / "small.yaml"
@@ -84,6 +87,37 @@ def check_invariants(result: ReplayResult, report: dict[str, object]) -> None:
     assert result.rounds
     assert [e for r in result.rounds for e in r.errors] == []
     assert report["planner"]["validator_errors"] == 0  # type: ignore[index]
+    check_store(result, report)
+
+
+def check_store(result: ReplayResult, report: dict[str, object]) -> None:
+    """The scheduler's store (serve's record of the run) agrees with the report: every job accounted for."""
+    total = report["jobs"]["total"]  # type: ignore[index]
+    store: dict[str, Any] = report["store"]  # type: ignore[assignment]
+    assert store_disagreements(result) == [] and store["disagreements"] == 0
+    states = store["states"]
+    in_store = [o for o in result.outcomes if o.state]
+    assert store["jobs"] == len(in_store) == sum(states.values())
+    assert states.get("SUCCEEDED", 0) == total["on_time"]
+    assert states.get("EXPIRED", 0) == total["expired"] + total["late"]
+    assert states.get("FAILED", 0) == sum(1 for o in in_store if o.outcome == "failed")
+    assert sum(states.get(s.value, 0) for s in ACTIVE_STATES) == sum(1 for o in in_store if o.outcome == "unfinished")
+    assert states.get("CANCELLED", 0) == 0
+    # Read back from the file itself: each job's transitions form one chain of allowed steps in time order.
+    events = [e for e in result.events if e["type"] == "job.state"]
+    with Store(result.store_path) as db:
+        jobs = db.list_jobs(limit=10**6)
+        assert {j.request_id: j.state.value for j in jobs} == {o.job.job_id: o.state for o in in_store}
+        steps = 0
+        for job in jobs:
+            chain = db.transitions(job.job_id)
+            steps += len(chain)
+            assert chain[0].from_state is None and chain[0].to_state is JobState.PENDING
+            for a, b in itertools.pairwise(chain):
+                assert b.from_state is a.to_state and b.to_state in ALLOWED_TRANSITIONS[a.to_state], (a, b)
+                assert b.time_utc >= a.time_utc
+            assert chain[-1].to_state is job.state
+        assert steps == len(events)  # events.jsonl holds every committed transition
 
 
 def test_greedy_replay_keeps_every_invariant(greedy_runs: list[tuple[ReplayResult, dict[str, object], Path]]
@@ -242,3 +276,64 @@ def test_killed_agent_loses_the_run_but_not_the_input(tmp_path: Path, mode: str)
     assert outcome.outcome in ("on_time", "late") and outcome.attempts == 2
     if mode == "process":
         assert report["agents"]["started"] == 2  # the killed process was started again
+
+
+STUCK = """
+name: stuck
+start: 2023-04-20T00:00:00Z
+duration: 5h
+constellation:
+  - tle: {tle}
+    select: [SKYSAT-C1, SKYSAT-C2]
+ground_stations:
+  - {{name: Svalbard, latitude_deg: 78.2298, longitude_deg: 15.4078, min_elevation_deg: 5, class: x-band}}
+  - {{name: Inuvik, latitude_deg: 68.3195, longitude_deg: -133.5495, min_elevation_deg: 5, class: x-band}}
+sunlight: true
+models:
+  - {{id: tiny@1, size_bytes: 1MB, memory_bytes: 10MB, gflop_per_inference: 1}}
+nodes:
+  profiles:
+    slow: {{base: cubesat, resident_models: [tiny@1], battery_wh: 400}}
+  assign: [{{profile: slow, pattern: "SKYSAT-*"}}]
+jobs:
+  # Committed at once (its input is on board) to a node whose agent is down until 5 h: at its deadline the
+  # scheduler expires it and cancels the work, as serve does.
+  - {{id: stuck, model: tiny@1, submit: +2m, deadline: 4h, input_bytes: 10MB, output_bytes: 1MB, tiles: 100,
+     source: {{onboard: {{satellite: SKYSAT-C1}}}}}}
+faults:
+  - {{kind: agent_kill, node: SKYSAT-C1, at: 1m, restart_after: 5h}}
+  - {{kind: agent_kill, node: SKYSAT-C2, at: 1m, restart_after: 5h}}
+policy: {{name: greedy, min_replan_gap: 30s}}
+"""
+
+
+def test_work_in_flight_at_its_deadline_is_expired_and_cancelled(tmp_path: Path) -> None:
+    tle = Path(__file__).parents[1] / "data" / "planet-2023-04-20.tle"
+    scenario = tmp_path / "stuck.yaml"
+    scenario.write_text(STUCK.format(tle=tle))
+    result, report = play(prepare(scenario), tmp_path / "out")
+    check_invariants(result, report)
+    (outcome,) = result.outcomes
+    assert outcome.outcome == "expired" and outcome.state == "EXPIRED", outcome
+    assert "its work was cancelled" in outcome.reason
+    assert not result.runs
+    steps = [(e["previous"], e["state"]) for e in result.events if e["type"] == "job.state"]
+    assert steps == [(None, "PENDING"), ("PENDING", "SCHEDULED"), ("SCHEDULED", "DISPATCHED"),
+                     ("DISPATCHED", "EXPIRED")]
+    expired = next(e for e in result.events if e["type"] == "job.state" and e["state"] == "EXPIRED")
+    assert expired["t_s"] == pytest.approx(120.0 + 4 * 3600.0) and expired["reason"].startswith("deadline:")
+
+
+def test_a_submit_the_job_service_refuses_fails_and_stays_out_of_the_store(tmp_path: Path) -> None:
+    tle = Path(__file__).parents[1] / "data" / "planet-2023-04-20.tle"
+    scenario = tmp_path / "far.yaml"
+    far = ("  - {{id: far, model: tiny@1, deadline: 800h, input_bytes: 1MB, output_bytes: 1kB, tiles: 1,\n"
+           "     source: {{onboard: {{satellite: SKYSAT-C2}}}}}}\n")
+    scenario.write_text(STUCK.replace("faults:\n", far + "faults:\n").format(tle=tle))
+    result, report = play(prepare(scenario), tmp_path / "out")
+    check_invariants(result, report)
+    outcome = {o.job.job_id: o for o in result.outcomes}["far"]
+    # SubmitJob's validation: a deadline a month ahead is a unit mistake.
+    assert (outcome.outcome, outcome.state) == ("failed", "")
+    assert outcome.reason.startswith("rejected: deadline: more than 30 days"), outcome.reason
+    assert report["store"]["jobs"] == 1
