@@ -102,12 +102,23 @@ class _Checker:
             keys = sorted({key} | {(j.source.latitude_deg, j.source.longitude_deg, j.source.min_elevation_deg)
                                    for j in self.problem.jobs if isinstance(j.source, CaptureSource)})
             cp = self.problem.contact_plan
-            targets = [GroundStation(f"capture target {k}", k[0], k[1], 0.0, k[2]) for k in keys]
-            passes = find_ground_contacts(cp.constellation, targets, cp.start_utc, cp.duration_s)
+            memo_key = (id(cp.constellation), cp.start_utc, cp.duration_s)
+            hit = _CAPTURE_MEMO.get(memo_key)
+            if hit is None or hit[0] is not cp.constellation:
+                hit = (cp.constellation, {})
+                _CAPTURE_MEMO.clear()
+                _CAPTURE_MEMO[memo_key] = hit
+            memo = hit[1]
+            missing = [k for k in keys if k not in memo]
+            if missing:
+                targets = [GroundStation(f"capture target {k}", k[0], k[1], 0.0, k[2]) for k in missing]
+                passes = find_ground_contacts(cp.constellation, targets, cp.start_utc, cp.duration_s)
+                for k in missing:
+                    memo[k] = []
+                for s, st, t in zip(passes.sat, passes.station, passes.tca_s, strict=True):
+                    memo[missing[int(st)]].append((cp.constellation.names[int(s)], float(t)))
             for k in keys:
-                self._capture_cache[k] = []
-            for s, st, t in zip(passes.sat, passes.station, passes.tca_s, strict=True):
-                self._capture_cache[keys[int(st)]].append((cp.constellation.names[int(s)], float(t)))
+                self._capture_cache[k] = memo[k]
         return self._capture_cache[key]
 
     # -- routes ----------------------------------------------------------------------------------
@@ -384,10 +395,9 @@ class _Checker:
         sun = self.problem.contact_plan.sunlight
         if sun is None or not len(sun):
             return []
-        sat = self.problem.contact_plan.constellation.names.index(node)
-        rows = [(float(s), float(e), int(st)) for k, (s, e, st) in
-                enumerate(zip(sun.start_s, sun.end_s, sun.state, strict=True)) if int(sun.sat[k]) == sat]
-        return sorted(rows)
+        m = sun.sat == self.problem.contact_plan.constellation.names.index(node)
+        return sorted(zip(sun.start_s[m].tolist(), sun.end_s[m].tolist(), sun.state[m].astype(int).tolist(),
+                          strict=True))
 
     def _check_energy(self, node: str, prof: NodeProfile, runs: list[ScheduledJob]) -> None:
         """Exact piecewise-linear battery simulation from now_s to the end of the window (or last run)."""
@@ -419,6 +429,11 @@ class _Checker:
                 self.err(f"node {node!r}: battery at {soc:.4f} Wh at {b:.3f} s, below the minimum "
                          f"{floor_wh:.4f} Wh ({prof.min_soc:.0%} of {cap:g} Wh)")
                 return
+
+
+# Capture passes per target over one constellation and window: identical for every round of a rolling re-plan.
+_CaptureMemo = dict[tuple[float, float, float], list[tuple[str, float]]]
+_CAPTURE_MEMO: dict[tuple[int, object, float], tuple[object, _CaptureMemo]] = {}
 
 
 def validate_plan(problem: Problem, plan: Plan, *, tolerance_s: float = TIME_TOL_S) -> list[str]:
