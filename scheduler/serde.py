@@ -28,6 +28,7 @@ DEFAULT_MIN_ELEVATION_DEG = 30.0
 # Timestamps outside years 1..9999 are rejected by protobuf itself; keep a saner window.
 _MIN_UNIX_S = 0
 _MAX_UNIX_S = 253402300799
+_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def state_to_proto(state: JobState | None) -> pb.JobState:
@@ -42,9 +43,12 @@ def state_from_proto(value: int, *, field: str = "states") -> JobState:
 
 
 def timestamp_from_datetime(dt: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(dt.astimezone(UTC))
-    return ts
+    """``Timestamp.FromDatetime`` in exact integer arithmetic: the same value (nanos in [0, 1e9), seconds
+    floored), without protobuf's Python-level helper, which cost more than the rest of building a reply."""
+    if dt.tzinfo is None:
+        dt = dt.astimezone(UTC)  # what FromDatetime(dt.astimezone(UTC)) did: a naive time is local time
+    delta = dt - _UNIX_EPOCH
+    return Timestamp(seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000)
 
 
 def datetime_from_timestamp(ts: Timestamp, *, field: str) -> datetime:
@@ -111,19 +115,44 @@ def request_fingerprint(msg: pb.JobSpec) -> str:
 
 
 def job_spec_to_proto(spec: JobSpec) -> pb.JobSpec:
-    msg = pb.JobSpec(model_id=spec.model_id, priority=spec.priority, input_bytes=spec.input_bytes,
-                     output_bytes=spec.output_bytes, tiles=spec.tiles, destination=spec.destination or "",
-                     input_location=spec.input_location)
-    msg.deadline.CopyFrom(timestamp_from_datetime(spec.deadline_utc))
+    msg = pb.JobSpec()
+    _fill_job_spec(msg, spec)
+    return msg
+
+
+def _fill_job_spec(msg: pb.JobSpec, spec: JobSpec) -> None:
+    # Filled in place (fields set one by one, sub-messages through their attribute): building sub-messages
+    # and copying them in (CopyFrom, keyword arguments) doubled the cost of every SubmitJob reply.
+    msg.model_id = spec.model_id
+    msg.priority = spec.priority
+    msg.input_bytes = spec.input_bytes
+    msg.output_bytes = spec.output_bytes
+    msg.tiles = spec.tiles
+    if spec.destination:
+        msg.destination = spec.destination
+    if spec.input_location:
+        msg.input_location = spec.input_location
+    _fill_timestamp(msg.deadline, spec.deadline_utc)
     src = spec.source
     if isinstance(src, CaptureSource):
-        msg.capture.CopyFrom(pb.CaptureInput(latitude_deg=src.latitude_deg, longitude_deg=src.longitude_deg,
-                                             min_elevation_deg=src.min_elevation_deg))
+        capture = msg.capture
+        capture.latitude_deg = src.latitude_deg
+        capture.longitude_deg = src.longitude_deg
+        capture.min_elevation_deg = src.min_elevation_deg
     elif isinstance(src, OnboardSource):
-        msg.onboard.CopyFrom(pb.OnboardInput(satellite=src.satellite))
+        msg.onboard.satellite = src.satellite
     else:
-        msg.uplink.CopyFrom(pb.UplinkInput(station=src.station or ""))
-    return msg
+        msg.uplink.SetInParent()  # present even when empty: "uplink from any station"
+        if src.station:
+            msg.uplink.station = src.station
+
+
+def _fill_timestamp(ts: Timestamp, dt: datetime) -> None:
+    if dt.tzinfo is None:
+        dt = dt.astimezone(UTC)
+    delta = dt - _UNIX_EPOCH
+    ts.seconds = delta.days * 86400 + delta.seconds
+    ts.nanos = delta.microseconds * 1000
 
 
 def transition_to_proto(t: TransitionRecord) -> pb.Transition:
@@ -140,14 +169,36 @@ def event_to_proto(t: TransitionRecord) -> pb.JobEvent:
 def job_to_proto(job: JobRecord, transitions: list[TransitionRecord] | None = None, *,
                  inline_output: bool = True) -> pb.Job:
     """A job as the API shows it; ``inline_output=False`` leaves inline result bytes out (list pages)."""
-    msg = pb.Job(job_id=job.job_id, request_id=job.request_id, spec=job_spec_to_proto(job.spec),
-                 state=state_to_proto(job.state), reason=job.reason,
-                 submit_time=timestamp_from_datetime(job.submit_utc),
-                 update_time=timestamp_from_datetime(job.update_utc), node=job.node)
+    msg = pb.Job()
+    fill_job(msg, job, transitions, inline_output=inline_output)
+    return msg
+
+
+def submit_reply(job: JobRecord, created: bool) -> pb.SubmitJobResponse:
+    """The ``SubmitJob`` reply, its job filled in place (no copy of a separately built message)."""
+    reply = pb.SubmitJobResponse(created=created)
+    fill_job(reply.job, job)
+    return reply
+
+
+def fill_job(msg: pb.Job, job: JobRecord, transitions: list[TransitionRecord] | None = None, *,
+             inline_output: bool = True) -> None:
+    """Fill an empty ``pb.Job`` from ``job`` (see :func:`job_to_proto`)."""
+    msg.job_id = job.job_id
+    if job.request_id:
+        msg.request_id = job.request_id
+    _fill_job_spec(msg.spec, job.spec)
+    msg.state = _STATE_TO_PB[job.state]
+    if job.reason:
+        msg.reason = job.reason
+    _fill_timestamp(msg.submit_time, job.submit_utc)
+    _fill_timestamp(msg.update_time, job.update_utc)
+    if job.node:
+        msg.node = job.node
     if job.placement is not None:
-        msg.planned_start.CopyFrom(timestamp_from_datetime(job.placement.start_utc))
-        msg.planned_end.CopyFrom(timestamp_from_datetime(job.placement.end_utc))
-        msg.planned_arrival.CopyFrom(timestamp_from_datetime(job.placement.arrival_utc))
+        _fill_timestamp(msg.planned_start, job.placement.start_utc)
+        _fill_timestamp(msg.planned_end, job.placement.end_utc)
+        _fill_timestamp(msg.planned_arrival, job.placement.arrival_utc)
     if job.result is not None:
         r = job.result
         msg.result.CopyFrom(pb.JobResult(location=r.location, output=r.output if inline_output else b"",
@@ -155,7 +206,6 @@ def job_to_proto(job: JobRecord, transitions: list[TransitionRecord] | None = No
                                          sha256=r.sha256, detail=r.detail))
     if transitions:
         msg.transitions.extend(transition_to_proto(t) for t in transitions)
-    return msg
 
 
 def _hops_to_proto(epoch: datetime, hops: tuple[Hop, ...]) -> list[pb.Hop]:

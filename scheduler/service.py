@@ -17,7 +17,7 @@ import contextlib
 import dataclasses
 import json
 import threading
-from collections.abc import AsyncIterator, Collection, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -205,9 +205,15 @@ class EventHub:
     loop per commit and never re-scan events they do not want.
     """
 
-    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop, *, capacity: int = 100_000) -> None:
+    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop, *, capacity: int = 100_000,
+                 post: Callable[[Callable[[list[TransitionRecord]], None], list[TransitionRecord]], None]
+                 | None = None) -> None:
         self._store = store
         self._loop = loop
+        # How a committed batch reaches the event loop from the writer thread: by default its own
+        # call_soon_threadsafe; the server passes one that shares a single loop wake-up per commit with the
+        # submits' acknowledgements (see scheduler.servicer.Completions).
+        self._post = post or loop.call_soon_threadsafe
         self._lock = threading.Lock()
         self._events: collections.deque[TransitionRecord] = collections.deque()
         self._capacity = capacity
@@ -235,7 +241,7 @@ class EventHub:
             self._latest_seq = max(self._latest_seq, events[-1].seq)
         if not self._closed:
             with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
-                self._loop.call_soon_threadsafe(self._wake, events)
+                self._post(self._wake, events)
 
     def close(self) -> None:
         self._closed = True

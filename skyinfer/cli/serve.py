@@ -146,6 +146,7 @@ def run_serve(args: argparse.Namespace) -> int:
                         period_s=args.period_s, debounce_s=args.debounce_s,
                         min_interval_s=args.min_replan_interval_s, planner_process=args.planner_process),
         heartbeat_interval_s=args.heartbeat_interval_s, lost_after_s=3.0 * args.heartbeat_interval_s,
+        tune_gc=True,
     )
     host = args.listen.rpartition(":")[0]
 

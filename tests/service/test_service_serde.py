@@ -3,7 +3,8 @@ store's JSON; every invalid one is refused with the field's name."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import json
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -11,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scheduler import serde
-from scheduler.store import JobSpec
+from scheduler.store import JobRecord, JobSpec, JobState
 from scheduler.types import CaptureSource, OnboardSource, UplinkSource
 from skyinfer.errors import InputError
 from skyinfer.v1 import scheduler_pb2 as pb
@@ -42,6 +43,31 @@ def test_spec_round_trips_through_proto_and_json(spec: JobSpec) -> None:
     wire = pb.JobSpec.FromString(serde.job_spec_to_proto(spec).SerializeToString())
     assert serde.job_spec_from_proto(wire, now=NOW) == spec
     assert JobSpec.from_json(spec.to_json()) == spec
+    # The stored text stays canonical JSON (it is compared to tell retries from new jobs).
+    assert spec.to_json() == json.dumps(json.loads(spec.to_json()), sort_keys=True, separators=(",", ":"))
+
+
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
+                    timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)),
+                                               timezone(-timedelta(hours=8))])))
+def test_timestamps_equal_protobufs_own_conversion(dt: datetime) -> None:
+    expected = Timestamp()
+    expected.FromDatetime(dt.astimezone(UTC))
+    assert serde.timestamp_from_datetime(dt) == expected
+
+
+@given(specs, st.booleans(), st.text(max_size=20))
+def test_submit_reply_shows_the_stored_job(spec: JobSpec, created: bool, request_id: str) -> None:
+    job = JobRecord(job_id="job-x", request_id=request_id, spec=spec, state=JobState.PENDING, reason="submitted",
+                    submit_utc=NOW, update_utc=NOW, row=3)
+    reply = pb.SubmitJobResponse.FromString(serde.submit_reply(job, created).SerializeToString())
+    assert reply.created is created
+    assert reply.job == serde.job_to_proto(job)
+    assert (reply.job.job_id, reply.job.request_id, reply.job.reason) == ("job-x", request_id, "submitted")
+    assert reply.job.state == pb.JOB_STATE_PENDING
+    assert serde.datetime_from_timestamp(reply.job.submit_time, field="t") == NOW
+    assert serde.job_spec_from_proto(reply.job.spec, now=NOW) == spec
+    assert reply.job.spec.WhichOneof("source") == spec.source.kind
 
 
 @given(st.integers(1, 366 * 86400))

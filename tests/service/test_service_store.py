@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import base64
+import concurrent.futures
+import dataclasses
+import random
 import sqlite3
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from scheduler.store import (
+    ACTIVE_STATES,
     MIGRATIONS,
     ConflictError,
     JobResult,
@@ -18,9 +26,12 @@ from scheduler.store import (
     JobState,
     NewTransition,
     NotFoundError,
+    Placement,
     Store,
     StoreError,
     TransitionError,
+    new_job_id,
+    to_ms,
 )
 from scheduler.types import CaptureSource, UplinkSource
 from skyinfer.errors import InputError
@@ -183,3 +194,183 @@ def test_failing_requests_do_not_undo_the_rest_of_their_batch(tmp_path: Path) ->
         assert [t.to_state for t in store.transitions(a)] == [JobState.PENDING]
         for job_id in created:
             assert [t.to_state for t in store.transitions(job_id)] == [JobState.PENDING]
+
+
+def _hold_writer(store: Store) -> tuple[threading.Event, threading.Event]:
+    """Keep the writer busy in a listener (after the next commit) so that the requests queued meanwhile form
+    one batch once ``release`` is set."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold(events: object) -> None:
+        if not held.is_set():
+            held.set()
+            release.wait(10)
+
+    store.add_listener(hold)
+    return held, release
+
+
+def test_one_batch_tells_retries_from_conflicts_among_its_own_submits(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db") as store:
+        held, release = _hold_writer(store)
+        blocker = store.submit_async(_spec(), now=NOW, request_id="blocker")
+        assert held.wait(10)
+        commits = store.commits
+        first = store.submit_async(_spec(), now=NOW, request_id="r")
+        retry = store.submit_async(_spec(), now=NOW, request_id="r")  # the same request again
+        other = store.submit_async(_spec(priority=7), now=NOW, request_id="r")  # another job, same key
+        fresh = [store.submit_async(_spec(), now=NOW, request_id=f"f{i}") for i in range(5)]
+        anonymous = store.submit_async(_spec(), now=NOW)
+        release.set()
+        blocker.result()
+        job, created = first.result()
+        assert created and retry.result() == (job, False)
+        with pytest.raises(ConflictError, match=f"'r' was already used for a different job \\({job.job_id}"):
+            other.result()
+        new = [job, *(f.result()[0] for f in fresh), anonymous.result()[0]]
+        assert store.commits == commits + 1
+        # What the acknowledgements said is what the store holds: rows, states, times, transition seqs.
+        assert [store.get(j.job_id) for j in new] == new
+        assert [j.row for j in new] == sorted(j.row for j in new)
+        seqs = [store.transitions(j.job_id)[0].seq for j in new]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+        assert len(store.list_jobs(limit=100)) == 1 + len(new)
+
+
+def test_ids_continue_after_another_connection_wrote(tmp_path: Path) -> None:
+    # The writer numbers rows itself (explicit consecutive ids); a row written behind its back makes its next
+    # insert collide: the batch is redone with fresh ids and every submit still succeeds.
+    db = tmp_path / "s.db"
+    with Store(db) as store:
+        before = store.submit(_spec(), now=NOW, request_id="a")[0]
+        other = sqlite3.connect(db, isolation_level=None)
+        other.execute("INSERT INTO jobs (job_id, spec, model_id, state, submit_ms, update_ms) "
+                      "VALUES ('job-external', ?, 'tiny@1', 'CANCELLED', 0, 0)", (_spec().to_json(),))
+        other.execute("INSERT INTO transitions (job_id, to_state, time_ms, reason) "
+                      "VALUES ('job-external', 'CANCELLED', 0, 'external')")
+        other.close()
+        futures = [store.submit_async(_spec(), now=NOW, request_id=f"b{i}") for i in range(20)]
+        after = [f.result()[0] for f in futures]
+        external = store.get("job-external")
+        assert len({j.row for j in [before, external, *after]}) == 22
+        assert all(j.row > external.row for j in after)
+        assert [store.get(j.job_id) for j in after] == after
+        seqs = [t.seq for t in store.events_after(0)]
+        assert seqs == sorted(seqs) and len(seqs) == 22
+        # Transitions number their rows the same way.
+        (rec,) = store.transition([NewTransition(after[0].job_id, JobState.CANCELLED, "x")], now=NOW)
+        assert rec is not None and rec.seq == store.last_seq() == seqs[-1] + 1
+
+
+def test_many_changes_in_one_call_equal_the_same_changes_one_by_one(tmp_path: Path) -> None:
+    start = NOW + timedelta(minutes=5)
+    p1 = Placement("SKYSAT-C1", start, start + timedelta(seconds=1.25), start + timedelta(minutes=9))
+    p2 = Placement("SKYSAT-C2", start + timedelta(minutes=1), start + timedelta(minutes=2), start + timedelta(hours=1))
+    script = [
+        NewTransition("?", JobState.SCHEDULED, "planned", node="SKYSAT-C1", placement=p1),
+        NewTransition("?", JobState.SCHEDULED, "moved", node="SKYSAT-C2", placement=p2),
+        NewTransition("?", JobState.DISPATCHED, "sent", node="SKYSAT-C2", work_id="w-1"),
+        NewTransition("?", JobState.RUNNING, "running", node="SKYSAT-C2"),
+        NewTransition("?", JobState.PENDING, "node-lost: gone", work_id=""),  # clears the placement
+        NewTransition("?", JobState.CANCELLED, "stale", expect=frozenset({JobState.SCHEDULED})),  # skipped
+        NewTransition("?", JobState.SCHEDULED, "planned again", node="SKYSAT-C1", placement=p1),
+        NewTransition("?", JobState.DISPATCHED, "sent again", node="SKYSAT-C1", work_id="w-2"),
+        NewTransition("?", JobState.SUCCEEDED, "done", node="SKYSAT-C1",
+                      result=JobResult(location="s3://r", output=b"\x00\x01", output_bytes=2, detail="ok")),
+    ]
+    with Store(tmp_path / "s.db") as store:
+        together, apart, bystander = (store.submit(_spec(), now=NOW)[0] for _ in range(3))
+        done = store.transition([dataclasses.replace(ch, job_id=together.job_id) for ch in script] +
+                                [NewTransition(bystander.job_id, JobState.SCHEDULED, "x", node="SKYSAT-C3")], now=start)
+        singles = [store.transition([dataclasses.replace(ch, job_id=apart.job_id)], now=start)[0] for ch in script]
+        assert [r is None for r in done[:-1]] == [r is None for r in singles] == [False] * 5 + [True] + [False] * 3
+
+        def view(job_id: str) -> tuple[object, ...]:
+            j = store.get(job_id)
+            trail = [(t.from_state, t.to_state, t.reason, t.node, t.time_utc) for t in store.transitions(job_id)]
+            return j.state, j.reason, j.node, j.placement, j.result, j.work_id, j.update_utc, trail
+
+        assert view(together.job_id) == view(apart.job_id)
+        assert store.get(bystander.job_id).node == "SKYSAT-C3"
+        # One change refused: the whole call is undone, including the changes listed before it.
+        with pytest.raises(TransitionError):
+            store.transition([NewTransition(bystander.job_id, JobState.DISPATCHED, "y", node="SKYSAT-C3"),
+                              NewTransition(together.job_id, JobState.CANCELLED, "too late")], now=start)
+        assert store.get(bystander.job_id).state is JobState.SCHEDULED
+
+
+def test_nul_characters_survive_the_bulk_statements(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db") as store:
+        job, created = store.submit(_spec(), now=NOW, request_id="a\x00b")
+        assert created and store.get(job.job_id).request_id == "a\x00b"
+        assert store.submit(_spec(), now=NOW, request_id="a\x00b") == (job, False)
+        assert store.submit(_spec(), now=NOW, request_id="a")[1]
+        (rec,) = store.transition([NewTransition(job.job_id, JobState.CANCELLED, "why\x00not")], now=NOW)
+        assert rec is not None and store.get(job.job_id).reason == "why\x00not"
+        with pytest.raises(NotFoundError):
+            store.transition([NewTransition("job-\x00", JobState.CANCELLED, "x")], now=NOW)
+
+
+@given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)))
+def test_job_ids_are_base32_of_time_and_randomness(now: datetime) -> None:
+    job_id = new_job_id(now)
+    raw = base64.b32decode(job_id.removeprefix("job-").upper() + "=")
+    assert len(raw) == 14 and int.from_bytes(raw[:6], "big") == to_ms(now)
+    assert job_id == "job-" + base64.b32encode(raw).decode().rstrip("=").lower()
+    assert new_job_id(now) != job_id
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_active_jobs_in_memory_equal_the_stored_ones(tmp_path: Path, seed: int) -> None:
+    # The planning loop reads active jobs from the store's in-memory copy; it must be exactly what a query of
+    # the committed rows gives, whatever mix of writes (and refused writes) went into the batches.
+    rng = random.Random(seed)
+    nodes = ["SKYSAT-C1", "SKYSAT-C2", ""]
+    t0 = NOW + timedelta(minutes=1)
+
+    def placement() -> Placement:
+        start = t0 + timedelta(seconds=rng.uniform(0, 3600))
+        return Placement(rng.choice(nodes), start, start + timedelta(seconds=rng.uniform(0.0001, 60)),
+                         start + timedelta(seconds=rng.uniform(60, 600)))
+
+    def random_change(job_id: str) -> NewTransition:
+        to = rng.choice(list(JobState))
+        return NewTransition(job_id, to, f"r{rng.randrange(9)}", node=rng.choice(nodes),
+                             placement=placement() if rng.random() < 0.5 else None,
+                             result=JobResult(location="x", output=b"\x00") if rng.random() < 0.2 else None,
+                             expect=frozenset(rng.sample(list(JobState), 3)) if rng.random() < 0.3 else None,
+                             work_id=rng.choice([None, "", "w1"]))
+
+    db = tmp_path / "s.db"
+    with Store(db) as store:
+        ids: list[str] = []
+        for _round in range(25):
+            futures: list[concurrent.futures.Future[Any]] = []
+            for _ in range(rng.randrange(1, 12)):
+                kind = rng.random()
+                if kind < 0.35 or not ids:
+                    futures.append(store.submit_async(_spec(priority=rng.randrange(1, 4)), now=t0,
+                                                      request_id=rng.choice(["", f"q{rng.randrange(40)}"])))
+                elif kind < 0.8:
+                    changes = [random_change(rng.choice(ids)) for _ in range(rng.randrange(1, 4))]
+                    futures.append(store.transition_async(changes, now=t0 + timedelta(seconds=rng.randrange(99))))
+                elif kind < 0.9:
+                    pool = ThreadPoolExecutor(1)
+                    futures.append(pool.submit(store.update_placements, {rng.choice(ids): placement()}))
+                    pool.shutdown(wait=False)
+                else:
+                    pool = ThreadPoolExecutor(1)
+                    futures.append(pool.submit(store.set_reasons, {rng.choice(ids): f"why {rng.randrange(5)}"}))
+                    pool.shutdown(wait=False)
+            for fut in futures:
+                try:
+                    value = fut.result()
+                except (ConflictError, TransitionError):
+                    continue
+                if isinstance(value, tuple):
+                    ids.append(value[0].job_id)
+            assert store.active_jobs() == store.list_jobs(states=ACTIVE_STATES, limit=10**9)
+        assert len(store.active_jobs()) > 0 and len(store.list_jobs(limit=10**9)) > len(store.active_jobs())
+        before = store.active_jobs()
+    with Store(db) as store:
+        assert store.active_jobs() == before
