@@ -7,7 +7,9 @@ received bytes (:mod:`node_agent.wire`), and the multi-callables are created onc
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import itertools
+import threading
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -20,6 +22,10 @@ INFER_METHOD = "/skyinfer.v1.NodeAgent/Infer"
 INFER_STREAM_METHOD = "/skyinfer.v1.NodeAgent/InferStream"
 # Outputs are limited by the agent's own message limit; the client accepts whatever it sends.
 CLIENT_MAX_MESSAGE_BYTES = 256 * MIB
+# Requests of an InferStream sent ahead of their responses (AgentClient.infer_stream's default window): more than
+# the agent's own pipeline holds (service.STREAM_READ_AHEAD + one running + STREAM_SEND_AHEAD), so it never waits
+# for the caller, and few enough that a stream of cloud-mask tiles holds about 12 MB of requests in the caller.
+STREAM_WINDOW = 8
 
 
 def channel_options(max_message_bytes: int = CLIENT_MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
@@ -80,13 +86,39 @@ class AgentClient:
 
     def infer_stream(
         self, model_id: str, batches: Iterable[Mapping[str, np.ndarray]], *, timeout_s: float | None = None,
-        simulated_clock: bool = False,
-    ) -> Iterator[InferResult]:
+        simulated_clock: bool = False, window: int = STREAM_WINDOW,
+    ) -> Generator[InferResult, None, None]:
         """One response per element of ``batches``, in order, over one ``InferStream`` call
-        (``request_id`` is the element's index)."""
-        requests = (
-            wire.encode_infer_request(model_id, inputs, request_id=str(i), simulated_clock=simulated_clock)
-            for i, inputs in enumerate(batches)
-        )
-        for response in self._infer_stream(requests, timeout=timeout_s):
-            yield _result(response)
+        (``request_id`` is the element's index).
+
+        Requests are sent ahead without waiting for the responses before them, at most ``window`` of them
+        unanswered: ``batches`` is read (and each element encoded) only when a request may go out, so a
+        generator of tiles is not drained into memory. gRPC's request thread does the reading and encoding
+        while the caller handles the responses. Closing the returned generator early cancels the call. A failing
+        element ends the stream with the agent's status and ``requests[i]: ...`` after the responses before it.
+        """
+        if window < 1:
+            raise ValueError(f"window: must be >= 1, got {window}")
+        credits = threading.Semaphore(window)
+        finished = threading.Event()
+
+        def requests() -> Iterator[bytes]:
+            elements = iter(batches)
+            for i in itertools.count():
+                credits.acquire()  # before reading the element: ``batches`` is read no further than the window
+                if finished.is_set():
+                    return
+                inputs = next(elements, None)
+                if inputs is None:
+                    return
+                yield wire.encode_infer_request(model_id, inputs, request_id=str(i), simulated_clock=simulated_clock)
+
+        call = self._infer_stream(requests(), timeout=timeout_s)
+        try:
+            for response in call:
+                credits.release()
+                yield _result(response)
+        finally:
+            finished.set()
+            credits.release()  # wakes gRPC's request thread if it waits for a credit, so it ends
+            call.cancel()  # no-op after a normal end; stops the agent's work if the caller gave up early

@@ -14,12 +14,13 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import Generic, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import message_factory
@@ -27,7 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from node_agent import serde, wire
-from node_agent.agent import Agent
+from node_agent.agent import Agent, Cancellation
 from node_agent.config import (
     LOOKAHEAD_BYTES,
     MALLOC_MMAP_THRESHOLD_BYTES,
@@ -43,6 +44,13 @@ from skyinfer.v1 import fleet_pb2, node_agent_pb2, node_agent_pb2_grpc
 log = logging.getLogger(__name__)
 SERVICE_NAME = "skyinfer.v1.NodeAgent"
 LINK_POLL_S = 0.25
+# InferStream pipeline depths (requests, not bytes). A reader thread decodes up to STREAM_READ_AHEAD requests
+# ahead of the one computing, and up to STREAM_SEND_AHEAD encoded responses wait to be sent while the next tile
+# computes: enough to hide gRPC's per-message hand-offs behind a ~1 ms tile, small enough that a stream of
+# cloud-mask tiles (1.5 MB in, 0.8 MB out) holds about 8 MB in the agent beyond gRPC's own HTTP/2 window.
+STREAM_READ_AHEAD = 4
+STREAM_SEND_AHEAD = 2
+_T = TypeVar("_T")
 # mallopt(3) parameter numbers from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -128,6 +136,127 @@ class CallEnded:
         return self._event.wait(timeout)
 
 
+class _BoundedQueue(Generic[_T]):
+    """A FIFO of at most ``capacity`` items whose ``close`` wakes every waiter (queue.Queue cannot be closed).
+
+    ``put`` blocks while full and returns False once closed; ``get`` returns the items put before ``close``
+    only while open, and None once closed (the items left are dropped: the call has ended).
+    """
+
+    __slots__ = ("_capacity", "_closed", "_cond", "_items")
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity: must be >= 1, got {capacity}")
+        self._capacity = capacity
+        self._items: deque[_T | None] = deque()  # None: the end (see finish)
+        self._cond = threading.Condition(threading.Lock())
+        self._closed = False
+
+    def put(self, item: _T) -> bool:
+        with self._cond:
+            while len(self._items) >= self._capacity and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return False
+            self._items.append(item)
+            self._cond.notify_all()
+            return True
+
+    def get(self) -> _T | None:
+        with self._cond:
+            while not self._items and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            item = self._items.popleft()
+            self._cond.notify_all()
+            return item
+
+    def finish(self) -> None:
+        """No more items: ``get`` returns the ones queued, then None."""
+        # The end is an item of its own, queued even when the queue is full (it holds no tensor).
+        with self._cond:
+            self._items.append(None)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._items.clear()
+            self._cond.notify_all()
+
+
+@dataclass(frozen=True, slots=True)
+class _StreamFailure:
+    """A request of an ``InferStream`` that failed: the status and message that end the call."""
+
+    code: grpc.StatusCode
+    message: str
+
+
+class _StreamPipeline:
+    """The queues and the end-of-call signal shared by one ``InferStream``'s reader, runner and sender.
+
+    ``ended`` is set by gRPC when the call terminates (it is the runner's :class:`Cancellation`: a slower
+    node's emulated wait wakes at once) and by ``stop``; either closes both queues, which wakes every thread.
+    """
+
+    def __init__(self, context: grpc.ServicerContext) -> None:
+        self.context = context
+        # A reader's unexpected exception travels in order with the requests, so it ends the call after the
+        # responses before it (closing the queues would drop it and end the call as if complete).
+        self.requests: _BoundedQueue[tuple[int, wire.WireInferRequest] | Exception] = _BoundedQueue(
+            STREAM_READ_AHEAD
+        )
+        self.responses: _BoundedQueue[bytes | _StreamFailure | BaseException] = _BoundedQueue(STREAM_SEND_AHEAD)
+        self.ended = threading.Event()
+        if not context.add_callback(self.stop):
+            self.stop()  # the call has already ended
+
+    def stop(self) -> None:
+        self.ended.set()
+        self.requests.close()
+        self.responses.close()
+
+    def read(self, request_iterator: Iterator[wire.WireInferRequest]) -> None:
+        """Reader thread: requests from gRPC into ``requests`` (blocks while STREAM_READ_AHEAD are waiting)."""
+        try:
+            for i, request in enumerate(request_iterator):
+                if not self.requests.put((i, request)):
+                    return
+        except grpc.RpcError:
+            return  # the call was cancelled while waiting for a request: stop() runs from gRPC's callback
+        except Exception as exc:  # not expected from gRPC's iterator: it ends the call (UNKNOWN), in order
+            self.requests.put(exc)
+        self.requests.finish()
+
+    def run(self, infer: Callable[[wire.WireInferRequest, grpc.ServicerContext, Cancellation], bytes]) -> None:
+        """Runner thread: one request at a time, in order, responses into ``responses``; stops at the first
+        failure (its status goes out after the responses before it)."""
+        try:
+            while not self.ended.is_set():
+                item = self.requests.get()
+                if item is None:
+                    break
+                if isinstance(item, Exception):
+                    self.responses.put(item)
+                    return
+                i, request = item
+                try:
+                    response: bytes | _StreamFailure | BaseException = infer(request, self.context, self.ended)
+                except SkyinferError as exc:
+                    response = _StreamFailure(status_for(exc), f"requests[{i}]: {exc}")
+                except Exception as exc:
+                    response = exc
+                if not self.responses.put(response) or not isinstance(response, bytes):
+                    # After a failure the requests queued behind it are not run; the reader stops too.
+                    self.requests.close()
+                    return
+        finally:
+            self.responses.finish()
+
+
 class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
     def __init__(self, deps: AgentDeps) -> None:
         self.agent = deps.agent
@@ -169,7 +298,9 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
             _abort(context, exc)
         return node_agent_pb2.UnloadModelResponse(unloaded=True)
 
-    def _infer(self, request: wire.WireInferRequest, context: grpc.ServicerContext, gone: CallEnded) -> bytes:
+    def _infer(
+        self, request: wire.WireInferRequest, context: grpc.ServicerContext, gone: Cancellation
+    ) -> bytes:
         """One inference; the response already serialised (see :mod:`node_agent.wire`: no tensor copies)."""
         if not request.model_id:
             raise InputError("model_id: required")
@@ -199,13 +330,31 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
     def InferStream(
         self, request_iterator: Iterator[wire.WireInferRequest], context: grpc.ServicerContext
     ) -> Iterator[bytes]:
-        gone = CallEnded(context)
-        for i, request in enumerate(request_iterator):
-            try:
-                yield self._infer(request, context, gone)
-            except SkyinferError as exc:
-                code = status_for(exc)
-                context.abort(code, f"requests[{i}]: {exc}")
+        """One response per request, in order; the first failing request ends the stream with its status and
+        ``requests[i]: ...`` (the responses before it are delivered first; the requests after it are not run).
+
+        A pipeline of three threads so that gRPC's per-message hand-offs overlap the computation: a reader
+        thread takes requests from gRPC (up to ``STREAM_READ_AHEAD`` ahead), a runner thread runs them one at a
+        time in order (one slot at a time, as a unary call), and this handler thread sends the responses (up to
+        ``STREAM_SEND_AHEAD`` waiting). When the call ends (cancel, deadline, server stop) all three stop: a
+        tile being emulated frees its slot at once and no further request is started.
+        """
+        pipe = _StreamPipeline(context)
+        threading.Thread(target=pipe.read, args=(request_iterator,), name="agent-stream-read", daemon=True).start()
+        threading.Thread(target=pipe.run, args=(self._infer,), name="agent-stream-run", daemon=True).start()
+        try:
+            while True:
+                item = pipe.responses.get()
+                if item is None:  # the requests are done, or the call ended
+                    return
+                if isinstance(item, bytes):
+                    yield item
+                elif isinstance(item, _StreamFailure):
+                    context.abort(item.code, item.message)
+                else:
+                    raise item  # not a domain error: as an exception in the handler (UNKNOWN), as before
+        finally:
+            pipe.stop()
 
     def GetStatus(
         self, request: node_agent_pb2.GetStatusRequest, context: grpc.ServicerContext
