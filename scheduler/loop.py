@@ -184,9 +184,12 @@ def _worker_init(load_problem: Callable[[], Problem], parent_pid: int) -> None:
     global _WORKER_BASE
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     # Planning is background work: under CPU pressure the gRPC server (accepting and acknowledging
-    # jobs) goes first; the planner takes what is left.
+    # jobs) goes first; the planner takes what is left. SCHED_IDLE (Linux) runs it only on otherwise idle
+    # CPU: during a burst of submits a round is late (jobs stay PENDING a little longer), never an ack.
     with contextlib.suppress(OSError):
         os.nice(10)
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     _WORKER_BASE = load_problem()
 
 
