@@ -70,6 +70,7 @@ class LoopConfig:
     time_limit_s: float = 5.0
     workers: int = 1
     seed: int = 0
+    deterministic: bool = False  # CP-SAT budgets in deterministic time (replay: reproducible rounds)
     debounce_s: float = 0.2  # real seconds
     # Real seconds between the end of one re-plan and the start of the next triggered one: under a steady
     # stream of submits the planner (which shares the process) runs at most this often.
@@ -166,7 +167,7 @@ def plan_round(problem: Problem, previous: Plan, now_s: float, config: LoopConfi
     """
     rolled = problem if rolls_nothing(problem, previous, now_s) else planner.rolled_problem(problem, previous, now_s)
     plan = planner.plan(rolled, policy=config.policy, time_limit_s=config.time_limit_s, workers=config.workers,
-                        seed=config.seed, hint=previous)
+                        seed=config.seed, hint=previous, deterministic=config.deterministic)
     return RoundResult(plan, rolled.profiles_by_node, rolled.now_s)
 
 

@@ -57,7 +57,7 @@ def finish_margin_s(time_limit_s: float, n_jobs: int = 0) -> float:
 def plan(problem: Problem, *, policy: str = "cpsat", time_limit_s: float = 10.0, workers: int = 0, seed: int = 0,
          hint: Plan | None = None, feasibility: FeasibilityLike | None = None,
          decompose_above: int = DECOMPOSE_ABOVE_OPTIONS, piece_options: int = PIECE_OPTIONS,
-         max_candidates_per_job: int = 8, dump_path: str | None = None) -> Plan:
+         max_candidates_per_job: int = 8, dump_path: str | None = None, deterministic: bool = False) -> Plan:
     """Plan ``problem`` with ``policy`` (``cpsat``, ``greedy`` or ``bentpipe``).
 
     Parameters
@@ -77,6 +77,11 @@ def plan(problem: Problem, *, policy: str = "cpsat", time_limit_s: float = 10.0,
         ``OPTIONS_PER_LIMIT_S × time_limit_s``, whichever is smaller).
     piece_options
         Options per piece when decomposing (at most ``PIECE_OPTIONS_PER_LIMIT_S × time_limit_s``).
+    deterministic
+        Same input, seed and worker count give the same plan whatever the machine's load: CP-SAT's
+        interleaved search with ``time_limit_s`` read as deterministic time (CP-SAT's work unit, close to a
+        second of one core), split without looking at the clock. The wall clock only caps a run at
+        ``DETERMINISTIC_WALL_FACTOR`` times the limit (the plan's notes say when that happened).
 
     Returns
     -------
@@ -93,7 +98,7 @@ def plan(problem: Problem, *, policy: str = "cpsat", time_limit_s: float = 10.0,
         feasibility = build_candidates(problem)
     started = time.perf_counter()
     params = CpSatParams(time_limit_s=time_limit_s, workers=workers, seed=seed, dump_path=dump_path,
-                         max_candidates_per_job=max_candidates_per_job)
+                         max_candidates_per_job=max_candidates_per_job, deterministic=deterministic)
     step = resolve_step_s(problem, params)
     preferred = None
     if hint is not None:
@@ -105,7 +110,9 @@ def plan(problem: Problem, *, policy: str = "cpsat", time_limit_s: float = 10.0,
     if policy == "greedy":
         return base.plan
     options = _option_count(feasibility, max_candidates_per_job)
-    left = time_limit_s - finish_margin_s(time_limit_s, len(problem.jobs)) - (time.perf_counter() - started)
+    left = time_limit_s - finish_margin_s(time_limit_s, len(problem.jobs))
+    if not deterministic:
+        left -= time.perf_counter() - started
     threshold = min(decompose_above, max(1000, round(OPTIONS_PER_LIMIT_S * time_limit_s)))
     piece = min(piece_options, decompose_above, max(500, round(PIECE_OPTIONS_PER_LIMIT_S * time_limit_s)))
     if options <= threshold:
@@ -156,9 +163,11 @@ def _decomposed(problem: Problem, feasibility: FeasibilityLike, params: CpSatPar
     pieces.sort(key=lambda piece: -sum(priority[j] for j in piece if j not in current))
     solved = improved = 0
     notes: list[str] = [f"decomposed into {len(pieces)} deadline pieces"]
+    budget = params.time_limit_s - finish_margin_s(params.time_limit_s, len(problem.jobs))
     for k, piece in enumerate(pieces):
-        left = (params.time_limit_s - finish_margin_s(params.time_limit_s, len(problem.jobs))
-                - (time.perf_counter() - started))
+        # Deterministic runs split the budget evenly without looking at the clock.
+        left = budget * (len(pieces) - k) / len(pieces) if params.deterministic else (
+            budget - (time.perf_counter() - started))
         share = left / (len(pieces) - k)
         if share < MIN_PIECE_TIME_S:
             notes.append(f"time limit reached after {solved} pieces")
@@ -232,7 +241,8 @@ def rolled_problem(problem: Problem, previous: Plan, now_s: float) -> Problem:
 
 
 def replan(problem: Problem, previous: Plan, now_s: float, *, policy: str = "cpsat", time_limit_s: float = 10.0,
-           workers: int = 0, seed: int = 0, feasibility: FeasibilityLike | None = None) -> Plan:
+           workers: int = 0, seed: int = 0, feasibility: FeasibilityLike | None = None,
+           deterministic: bool = False) -> Plan:
     """Rolling re-plan at ``now_s``: :func:`plan` of :func:`rolled_problem`, ``previous`` as the hint.
 
     New jobs are simply part of ``problem.jobs``. Validate the result against
@@ -241,7 +251,7 @@ def replan(problem: Problem, previous: Plan, now_s: float, *, policy: str = "cps
     """
     rolled = rolled_problem(problem, previous, now_s)
     return plan(rolled, policy=policy, time_limit_s=time_limit_s, workers=workers, seed=seed, hint=previous,
-                feasibility=feasibility)
+                feasibility=feasibility, deterministic=deterministic)
 
 
 __all__ = ["DECOMPOSE_ABOVE_OPTIONS", "POLICIES", "carried_profiles", "deadline_pieces", "plan", "replan",

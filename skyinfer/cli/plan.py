@@ -37,6 +37,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--time-limit-s", type=float, default=10.0, help="CP-SAT wall-clock limit (default 10)")
     p.add_argument("--workers", type=int, default=0, help="CP-SAT workers (default 0: one per CPU)")
     p.add_argument("--seed", type=int, default=0, help="CP-SAT random seed (default 0)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="same plan for the same input, seed and workers whatever the load: CP-SAT's interleaved "
+                        "search with --time-limit-s read as deterministic time (capped at 4x on the wall clock)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--out", metavar="FILE", help="write the plan JSON here (atomically)")
     p.set_defaults(func=run_plan)
@@ -93,7 +96,8 @@ def run_plan(args: argparse.Namespace) -> int:
     if args.workers < 0:
         raise InputError(f"--workers: must be >= 0, got {args.workers}")
     problem = load_problem(args.scenario)
-    result = plan(problem, policy=args.policy, time_limit_s=args.time_limit_s, workers=args.workers, seed=args.seed)
+    result = plan(problem, policy=args.policy, time_limit_s=args.time_limit_s, workers=args.workers, seed=args.seed,
+                  deterministic=args.deterministic)
     text_json = json.dumps(plan_to_json(problem, result), indent=1) + "\n"
     if args.out:
         write_atomic(args.out, text_json)

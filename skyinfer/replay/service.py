@@ -92,7 +92,7 @@ class ReplayScheduler:
         self.service.catalog = Catalog.from_problem(base)
         self.loop = PlanningLoop(self.store, self.service, self.clock, None, LoopConfig(
             policy=settings.policy, time_limit_s=settings.time_limit_s, workers=settings.workers,
-            seed=settings.solver_seed))
+            seed=settings.solver_seed, deterministic=settings.deterministic))
         self.store_ids: dict[str, str] = {}  # scenario job id -> store job id
         self.scenario_ids: dict[str, str] = {}
         self._submits: dict[str, concurrent.futures.Future[tuple[JobRecord, bool]]] = {}

@@ -6,7 +6,7 @@ Example::
       name: cpsat                # cpsat | greedy | bentpipe
       replan_interval: 10m       # a planning round at least this often while work is pending
       min_replan_gap: 1m         # rounds triggered by arrivals and faults are at least this far apart
-    solver: {time_limit_s: 5, workers: 1, seed: 1}
+    solver: {time_limit_s: 5, workers: 1, seed: 1, deterministic: true}
     agents: {mode: inproc, real_tiles_per_job: 1, threads: 1}
     replay: {step_s: 60, soc_sample: 5m, czml_step: 2m, track_sats: 12}
 """
@@ -33,6 +33,8 @@ class ReplaySettings:
     time_limit_s: float = 5.0
     workers: int = 1
     solver_seed: int = 1
+    # CP-SAT limits in deterministic time (same scenario and seed -> same plans whatever the machine's load).
+    deterministic: bool = True
     agent_mode: str = "inproc"
     real_tiles_per_job: int = 1
     agent_threads: int = 1
@@ -78,13 +80,15 @@ def parse_settings(root: Node) -> ReplaySettings:
                 kw["min_replan_gap_s"] = duration_s(m["min_replan_gap"], allow_zero=True)
     sol = keys.get("solver")
     if sol is not None:
-        m = sol.mapping(optional=("time_limit_s", "workers", "seed"))
+        m = sol.mapping(optional=("time_limit_s", "workers", "seed", "deterministic"))
         if "time_limit_s" in m:
             kw["time_limit_s"] = m["time_limit_s"].as_float(min_value=0.01, max_value=3600)
         if "workers" in m:
             kw["workers"] = m["workers"].as_int(min_value=1, max_value=64)
         if "seed" in m:
             kw["solver_seed"] = m["seed"].as_int(min_value=0)
+        if "deterministic" in m:
+            kw["deterministic"] = m["deterministic"].as_bool()
     ag = keys.get("agents")
     if ag is not None:
         m = ag.mapping(optional=("mode", "real_tiles_per_job", "threads"))

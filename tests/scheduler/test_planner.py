@@ -111,3 +111,18 @@ def test_no_jobs_gives_an_empty_valid_plan(tiny_plan: ContactPlan, policy: str) 
     result = plan(problem, policy=policy, time_limit_s=1.0, workers=1)
     assert validate_plan(problem, result) == []
     assert (result.scheduled, result.unschedulable, result.objective, result.gap) == ((), (), 0.0, 0.0)
+
+
+def test_deterministic_cpsat_gives_the_same_plan_with_two_workers(walker_problem: Problem) -> None:
+    """With ``deterministic=True`` CP-SAT's interleaved search runs on a deterministic-time budget: two runs
+    with the same seed and two workers give the same plan (a wall-clock limit with two workers does not
+    promise that)."""
+    feas = build_candidates(walker_problem)
+    runs = [plan(walker_problem, policy="cpsat", time_limit_s=0.5, workers=2, seed=3, feasibility=feas,
+                 deterministic=True) for _ in range(2)]
+    for p in runs:
+        assert validate_plan(walker_problem, p) == []
+        assert any("deterministic search" in n for n in p.notes), p.notes
+    assert runs[0].scheduled == runs[1].scheduled
+    assert runs[0].unschedulable == runs[1].unschedulable
+    assert runs[0].objective == runs[1].objective
