@@ -259,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hold-watchers", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--after-seq", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    for name in ("requests", "concurrency", "watchers", "cancels"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name}: must be >= 1, got {getattr(args, name)}")
     if args.serve_echo:
         asyncio.run(_serve_echo())
         return 0

@@ -19,7 +19,7 @@ def add_parser(sub: Any) -> None:
         help="play a scenario end to end in simulated time (planner, links, agents, batteries, faults)",
         description="Replay a scenario: jobs arrive, the scheduler plans them, data moves over contacts, node "
         "agents run the models for real, batteries charge and drain, faults happen. Writes report.json, "
-        "events.jsonl, report.html and scenario.czml into --out.",
+        "events.jsonl, report.html, scenario.czml and replay.db (the scheduler's job store) into --out.",
     )
     p.add_argument("scenario", metavar="SCENARIO", help="scenario YAML file")
     p.add_argument("--out", metavar="DIR", default=None, help="output directory (default: replay-<name>)")
@@ -106,7 +106,8 @@ def run_replay(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         print(_summary_line(report))
-        print(f"outputs in {out}/: report.json events.jsonl" + ("" if args.no_html else " report.html scenario.czml"))
+        html = "" if args.no_html else " report.html scenario.czml"
+        print(f"outputs in {out}/: report.json events.jsonl{html} replay.db")
         if report["planner"]["validator_errors"]:
             print(f"warning: {report['planner']['validator_errors']} plan validator errors (see report.json)",
                   file=sys.stderr)
