@@ -14,7 +14,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 
 import grpc
@@ -235,7 +235,8 @@ class FleetClient:
         with self._running_lock:
             cancelled = self._running[work.work_id]
         try:
-            result = run_work(self.agent, work, cancelled, self.config.max_tensor_bytes)
+            result = run_work(self.agent, work, cancelled, self.config.max_tensor_bytes,
+                              on_start=lambda t_unix_s: self._started(work, t_unix_s))
             if self._stop.is_set() and result.status == fleet_pb2.WORK_STATUS_CANCELLED:
                 # Interrupted by the agent's own shutdown, not by the scheduler: report nothing, so the work
                 # is dispatched again (to this agent after its restart, or elsewhere).
@@ -247,6 +248,12 @@ class FleetClient:
             with self._running_lock:
                 self._running.pop(work.work_id, None)
 
+    def _started(self, work: fleet_pb2.Work, t_unix_s: float) -> None:
+        # Best effort, not spooled: the result that follows moves the job on even if this is lost.
+        if self.agent.link_up:
+            self._send(fleet_pb2.AgentMessage(started=fleet_pb2.WorkStarted(
+                work_id=work.work_id, job_id=work.job_id, started_unix_s=t_unix_s)))
+
     def _deliver(self, result: fleet_pb2.WorkResult, *, spool: bool) -> None:
         if spool:
             self.spool.put(result)
@@ -254,15 +261,21 @@ class FleetClient:
             self._send(fleet_pb2.AgentMessage(result=result))
 
 
-def run_work(agent: Agent, work: fleet_pb2.Work, cancelled: threading.Event, max_tensor_bytes: int
-             ) -> fleet_pb2.WorkResult:
-    """Run ``work.tiles`` inferences of one Work and describe the outcome (never raises domain errors)."""
+def run_work(agent: Agent, work: fleet_pb2.Work, cancelled: threading.Event, max_tensor_bytes: int, *,
+             on_start: Callable[[float], None] | None = None) -> fleet_pb2.WorkResult:
+    """Run ``work.tiles`` inferences of one Work and describe the outcome (never raises domain errors).
+
+    ``on_start(unix_s)`` is called once the work's ``not_before`` time has passed, just before its inputs are
+    checked and the first tile runs (the scheduler records RUNNING from it).
+    """
     result = fleet_pb2.WorkResult(work_id=work.work_id, job_id=work.job_id, node_id=agent.config.node_id)
     wait_s = work.not_before_unix_s - time.time()
     if wait_s > 0 and not work.simulated_clock and cancelled.wait(wait_s):
         result.status = fleet_pb2.WORK_STATUS_CANCELLED
         return result
     result.started_unix_s = time.time()
+    if on_start is not None:
+        on_start(result.started_unix_s)
     try:
         feeds = (
             serde.feeds_from_protos(work.inputs, max_tensor_bytes) if work.inputs else agent.zero_inputs(work.model_id)

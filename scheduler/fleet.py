@@ -155,6 +155,23 @@ def accept_result(store: Store, clock: Clock, node_id: str,
     return rec
 
 
+def accept_started(store: Store, clock: Clock, node_id: str,
+                   msg: fleet_pb2.WorkStarted) -> TransitionRecord | None:
+    """Record RUNNING when a node starts the job's current work; None when stale, duplicate or already past."""
+    try:
+        job = store.get(msg.job_id)
+    except LookupError:
+        log.warning("fleet: start from %s for unknown job %r (work %s) ignored", node_id, msg.job_id, msg.work_id)
+        return None
+    if job.work_id != msg.work_id or job.node != node_id or job.state is not JobState.DISPATCHED:
+        return None
+    # The transition carries the scheduler's clock (simulated in replay-like setups), not the agent's.
+    change = NewTransition(job.job_id, JobState.RUNNING, f"{node_id} started the work ({msg.work_id})",
+                           node=node_id, expect=frozenset({JobState.DISPATCHED}))
+    (rec,) = store.transition([change], now=clock.now())
+    return rec
+
+
 class FleetServicer(fleet_pb2_grpc.FleetServicer):
     def __init__(self, registry: FleetRegistry, store: Store, service: JobService, clock: Clock,
                  loop: PlanningLoop, *, require_client_cert: bool) -> None:
@@ -244,6 +261,10 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 elif kind == "result":
                     self._registry.heartbeat(session, None)
                     await self._on_result(session, msg.result)
+                elif kind == "started":
+                    self._registry.heartbeat(session, None)
+                    await asyncio.to_thread(accept_started, self._store, self._clock, session.node_id,
+                                            msg.started)
                 else:
                     log.warning("fleet: %s sent %s after registering; ignored", session.node_id, kind)
         except asyncio.CancelledError:

@@ -5,7 +5,7 @@ waits ``debounce_s`` so that a burst of submits costs one re-plan, and also re-p
 Between re-plans it does the cheap bookkeeping on time: nodes that stopped heartbeating are marked lost and
 their work goes back to PENDING (and is re-planned without them); jobs whose deadline passed become
 EXPIRED; scheduled jobs are dispatched once the contact plan says their input (and model) has reached the
-node; dispatched jobs are RUNNING from their planned start while their agent heartbeats.
+node. RUNNING is recorded when the agent reports that it started the work (Fleet ``WorkStarted``).
 
 Stability: work already DISPATCHED or RUNNING is passed to the planner as fixed; SCHEDULED jobs are hints
 (the previous plan), so they move only when the planner finds a better plan. A job the planner cannot place
@@ -591,10 +591,6 @@ class PlanningLoop:
                                              f"{format_utc(epoch + timedelta(seconds=ready_s(sj)))})",
                                              node=job.node, expect=frozenset({JobState.SCHEDULED}), work_id=work_id))
                 outgoing.append((job.node, self._work_for(job, work_id, now)))
-            elif job.state is JobState.DISPATCHED and now_s >= sj.start_s:
-                changes.append(NewTransition(job.job_id, JobState.RUNNING,
-                                             f"running on {job.node} since its planned start (agent heartbeating)",
-                                             node=job.node, expect=frozenset({JobState.DISPATCHED})))
         if not changes:
             return
         # Commit first, then send: after a crash the DISPATCHED job is re-sent when its agent reconnects.

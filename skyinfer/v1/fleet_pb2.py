@@ -25,37 +25,39 @@ _sym_db = _symbol_database.Default()
 from skyinfer.v1 import tensor_pb2 as skyinfer_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17skyinfer/v1/fleet.proto\x12\x0bskyinfer.v1\x1a\x18skyinfer/v1/tensor.proto\"\x99\x01\n\x0c\x41gentMessage\x12)\n\x08register\x18\x01 \x01(\x0b\x32\x15.skyinfer.v1.RegisterH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.skyinfer.v1.HeartbeatH\x00\x12)\n\x06result\x18\x03 \x01(\x0b\x32\x17.skyinfer.v1.WorkResultH\x00\x42\x06\n\x04kind\"\xb6\x01\n\x08Register\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12\x17\n\x0fresident_models\x18\x03 \x03(\t\x12\x15\n\ragent_address\x18\x04 \x01(\t\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\'\n\x06status\x18\x06 \x01(\x0b\x32\x17.skyinfer.v1.NodeStatus\x12\x18\n\x10pending_work_ids\x18\x07 \x03(\t\"I\n\tHeartbeat\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.skyinfer.v1.NodeStatus\x12\x13\n\x0bsent_unix_s\x18\x02 \x01(\x01\"\xbb\x02\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12\x13\n\x0bslots_total\x18\x03 \x01(\r\x12\x14\n\x0cslots_in_use\x18\x04 \x01(\r\x12\x14\n\x0cqueue_length\x18\x05 \x01(\r\x12\x16\n\x0e\x65nergy_used_wh\x18\x06 \x01(\x01\x12\x0f\n\x07link_up\x18\x07 \x01(\x08\x12\x0e\n\x06models\x18\x08 \x03(\t\x12\x19\n\x11memory_used_bytes\x18\t \x01(\x04\x12\x1a\n\x12memory_total_bytes\x18\n \x01(\x04\x12\x17\n\x0fresults_pending\x18\x0b \x01(\r\x12\x0f\n\x07serving\x18\x0c \x01(\x08\x12\x18\n\x10inferences_total\x18\r \x01(\x04\x12\x16\n\x0e\x63ompute_gflops\x18\x0e \x01(\x01\"\xc9\x02\n\nWorkResult\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\'\n\x06status\x18\x04 \x01(\x0e\x32\x17.skyinfer.v1.WorkStatus\x12$\n\x07outputs\x18\x05 \x03(\x0b\x32\x13.skyinfer.v1.Tensor\x12\x17\n\x0foutput_location\x18\x06 \x01(\t\x12\x14\n\x0coutput_bytes\x18\x07 \x01(\x04\x12\x12\n\ntiles_done\x18\x08 \x01(\r\x12\x0f\n\x07real_ms\x18\t \x01(\x01\x12\x13\n\x0b\x65mulated_ms\x18\n \x01(\x01\x12\x11\n\tenergy_wh\x18\x0b \x01(\x01\x12\r\n\x05\x65rror\x18\x0c \x01(\t\x12\x16\n\x0estarted_unix_s\x18\r \x01(\x01\x12\x17\n\x0f\x66inished_unix_s\x18\x0e \x01(\x01\"\xe4\x01\n\x10SchedulerMessage\x12-\n\nregistered\x18\x01 \x01(\x0b\x32\x17.skyinfer.v1.RegisteredH\x00\x12!\n\x04work\x18\x02 \x01(\x0b\x32\x11.skyinfer.v1.WorkH\x00\x12%\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x16.skyinfer.v1.ResultAckH\x00\x12%\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x13.skyinfer.v1.CancelH\x00\x12(\n\x08set_link\x18\x05 \x01(\x0b\x32\x14.skyinfer.v1.SetLinkH\x00\x42\x06\n\x04kind\"V\n\nRegistered\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x19\n\x11scheduler_version\x18\x03 \x01(\t\"\xb9\x01\n\x04Work\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12#\n\x06inputs\x18\x04 \x03(\x0b\x32\x13.skyinfer.v1.Tensor\x12\r\n\x05tiles\x18\x05 \x01(\r\x12\x19\n\x11not_before_unix_s\x18\x06 \x01(\x01\x12\x17\n\x0fsimulated_clock\x18\x07 \x01(\x08\x12\x16\n\x0ereturn_outputs\x18\x08 \x01(\x08\"\x1c\n\tResultAck\x12\x0f\n\x07work_id\x18\x01 \x01(\t\"\x19\n\x06\x43\x61ncel\x12\x0f\n\x07work_id\x18\x01 \x01(\t\"\x15\n\x07SetLink\x12\n\n\x02up\x18\x01 \x01(\x08*p\n\nWorkStatus\x12\x1b\n\x17WORK_STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eWORK_STATUS_OK\x10\x01\x12\x16\n\x12WORK_STATUS_FAILED\x10\x02\x12\x19\n\x15WORK_STATUS_CANCELLED\x10\x03\x32P\n\x05\x46leet\x12G\n\x07\x43onnect\x12\x19.skyinfer.v1.AgentMessage\x1a\x1d.skyinfer.v1.SchedulerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17skyinfer/v1/fleet.proto\x12\x0bskyinfer.v1\x1a\x18skyinfer/v1/tensor.proto\"\xc6\x01\n\x0c\x41gentMessage\x12)\n\x08register\x18\x01 \x01(\x0b\x32\x15.skyinfer.v1.RegisterH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.skyinfer.v1.HeartbeatH\x00\x12)\n\x06result\x18\x03 \x01(\x0b\x32\x17.skyinfer.v1.WorkResultH\x00\x12+\n\x07started\x18\x04 \x01(\x0b\x32\x18.skyinfer.v1.WorkStartedH\x00\x42\x06\n\x04kind\"\xb6\x01\n\x08Register\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12\x17\n\x0fresident_models\x18\x03 \x03(\t\x12\x15\n\ragent_address\x18\x04 \x01(\t\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\'\n\x06status\x18\x06 \x01(\x0b\x32\x17.skyinfer.v1.NodeStatus\x12\x18\n\x10pending_work_ids\x18\x07 \x03(\t\"I\n\tHeartbeat\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.skyinfer.v1.NodeStatus\x12\x13\n\x0bsent_unix_s\x18\x02 \x01(\x01\"\xbb\x02\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12\x13\n\x0bslots_total\x18\x03 \x01(\r\x12\x14\n\x0cslots_in_use\x18\x04 \x01(\r\x12\x14\n\x0cqueue_length\x18\x05 \x01(\r\x12\x16\n\x0e\x65nergy_used_wh\x18\x06 \x01(\x01\x12\x0f\n\x07link_up\x18\x07 \x01(\x08\x12\x0e\n\x06models\x18\x08 \x03(\t\x12\x19\n\x11memory_used_bytes\x18\t \x01(\x04\x12\x1a\n\x12memory_total_bytes\x18\n \x01(\x04\x12\x17\n\x0fresults_pending\x18\x0b \x01(\r\x12\x0f\n\x07serving\x18\x0c \x01(\x08\x12\x18\n\x10inferences_total\x18\r \x01(\x04\x12\x16\n\x0e\x63ompute_gflops\x18\x0e \x01(\x01\"F\n\x0bWorkStarted\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x16\n\x0estarted_unix_s\x18\x03 \x01(\x01\"\xc9\x02\n\nWorkResult\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\'\n\x06status\x18\x04 \x01(\x0e\x32\x17.skyinfer.v1.WorkStatus\x12$\n\x07outputs\x18\x05 \x03(\x0b\x32\x13.skyinfer.v1.Tensor\x12\x17\n\x0foutput_location\x18\x06 \x01(\t\x12\x14\n\x0coutput_bytes\x18\x07 \x01(\x04\x12\x12\n\ntiles_done\x18\x08 \x01(\r\x12\x0f\n\x07real_ms\x18\t \x01(\x01\x12\x13\n\x0b\x65mulated_ms\x18\n \x01(\x01\x12\x11\n\tenergy_wh\x18\x0b \x01(\x01\x12\r\n\x05\x65rror\x18\x0c \x01(\t\x12\x16\n\x0estarted_unix_s\x18\r \x01(\x01\x12\x17\n\x0f\x66inished_unix_s\x18\x0e \x01(\x01\"\xe4\x01\n\x10SchedulerMessage\x12-\n\nregistered\x18\x01 \x01(\x0b\x32\x17.skyinfer.v1.RegisteredH\x00\x12!\n\x04work\x18\x02 \x01(\x0b\x32\x11.skyinfer.v1.WorkH\x00\x12%\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x16.skyinfer.v1.ResultAckH\x00\x12%\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x13.skyinfer.v1.CancelH\x00\x12(\n\x08set_link\x18\x05 \x01(\x0b\x32\x14.skyinfer.v1.SetLinkH\x00\x42\x06\n\x04kind\"V\n\nRegistered\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x19\n\x11scheduler_version\x18\x03 \x01(\t\"\xb9\x01\n\x04Work\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12#\n\x06inputs\x18\x04 \x03(\x0b\x32\x13.skyinfer.v1.Tensor\x12\r\n\x05tiles\x18\x05 \x01(\r\x12\x19\n\x11not_before_unix_s\x18\x06 \x01(\x01\x12\x17\n\x0fsimulated_clock\x18\x07 \x01(\x08\x12\x16\n\x0ereturn_outputs\x18\x08 \x01(\x08\"\x1c\n\tResultAck\x12\x0f\n\x07work_id\x18\x01 \x01(\t\"\x19\n\x06\x43\x61ncel\x12\x0f\n\x07work_id\x18\x01 \x01(\t\"\x15\n\x07SetLink\x12\n\n\x02up\x18\x01 \x01(\x08*p\n\nWorkStatus\x12\x1b\n\x17WORK_STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eWORK_STATUS_OK\x10\x01\x12\x16\n\x12WORK_STATUS_FAILED\x10\x02\x12\x19\n\x15WORK_STATUS_CANCELLED\x10\x03\x32P\n\x05\x46leet\x12G\n\x07\x43onnect\x12\x19.skyinfer.v1.AgentMessage\x1a\x1d.skyinfer.v1.SchedulerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'skyinfer.v1.fleet_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WORKSTATUS']._serialized_start=1719
-  _globals['_WORKSTATUS']._serialized_end=1831
+  _globals['_WORKSTATUS']._serialized_start=1836
+  _globals['_WORKSTATUS']._serialized_end=1948
   _globals['_AGENTMESSAGE']._serialized_start=67
-  _globals['_AGENTMESSAGE']._serialized_end=220
-  _globals['_REGISTER']._serialized_start=223
-  _globals['_REGISTER']._serialized_end=405
-  _globals['_HEARTBEAT']._serialized_start=407
-  _globals['_HEARTBEAT']._serialized_end=480
-  _globals['_NODESTATUS']._serialized_start=483
-  _globals['_NODESTATUS']._serialized_end=798
-  _globals['_WORKRESULT']._serialized_start=801
-  _globals['_WORKRESULT']._serialized_end=1130
-  _globals['_SCHEDULERMESSAGE']._serialized_start=1133
-  _globals['_SCHEDULERMESSAGE']._serialized_end=1361
-  _globals['_REGISTERED']._serialized_start=1363
-  _globals['_REGISTERED']._serialized_end=1449
-  _globals['_WORK']._serialized_start=1452
-  _globals['_WORK']._serialized_end=1637
-  _globals['_RESULTACK']._serialized_start=1639
-  _globals['_RESULTACK']._serialized_end=1667
-  _globals['_CANCEL']._serialized_start=1669
-  _globals['_CANCEL']._serialized_end=1694
-  _globals['_SETLINK']._serialized_start=1696
-  _globals['_SETLINK']._serialized_end=1717
-  _globals['_FLEET']._serialized_start=1833
-  _globals['_FLEET']._serialized_end=1913
+  _globals['_AGENTMESSAGE']._serialized_end=265
+  _globals['_REGISTER']._serialized_start=268
+  _globals['_REGISTER']._serialized_end=450
+  _globals['_HEARTBEAT']._serialized_start=452
+  _globals['_HEARTBEAT']._serialized_end=525
+  _globals['_NODESTATUS']._serialized_start=528
+  _globals['_NODESTATUS']._serialized_end=843
+  _globals['_WORKSTARTED']._serialized_start=845
+  _globals['_WORKSTARTED']._serialized_end=915
+  _globals['_WORKRESULT']._serialized_start=918
+  _globals['_WORKRESULT']._serialized_end=1247
+  _globals['_SCHEDULERMESSAGE']._serialized_start=1250
+  _globals['_SCHEDULERMESSAGE']._serialized_end=1478
+  _globals['_REGISTERED']._serialized_start=1480
+  _globals['_REGISTERED']._serialized_end=1566
+  _globals['_WORK']._serialized_start=1569
+  _globals['_WORK']._serialized_end=1754
+  _globals['_RESULTACK']._serialized_start=1756
+  _globals['_RESULTACK']._serialized_end=1784
+  _globals['_CANCEL']._serialized_start=1786
+  _globals['_CANCEL']._serialized_end=1811
+  _globals['_SETLINK']._serialized_start=1813
+  _globals['_SETLINK']._serialized_end=1834
+  _globals['_FLEET']._serialized_start=1950
+  _globals['_FLEET']._serialized_end=2030
 # @@protoc_insertion_point(module_scope)

@@ -20,14 +20,16 @@ WORK_STATUS_FAILED: WorkStatus
 WORK_STATUS_CANCELLED: WorkStatus
 
 class AgentMessage(_message.Message):
-    __slots__ = ("register", "heartbeat", "result")
+    __slots__ = ("register", "heartbeat", "result", "started")
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
     register: Register
     heartbeat: Heartbeat
     result: WorkResult
-    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., result: _Optional[_Union[WorkResult, _Mapping]] = ...) -> None: ...
+    started: WorkStarted
+    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., result: _Optional[_Union[WorkResult, _Mapping]] = ..., started: _Optional[_Union[WorkStarted, _Mapping]] = ...) -> None: ...
 
 class Register(_message.Message):
     __slots__ = ("node_id", "profile", "resident_models", "agent_address", "agent_version", "status", "pending_work_ids")
@@ -86,6 +88,16 @@ class NodeStatus(_message.Message):
     inferences_total: int
     compute_gflops: float
     def __init__(self, node_id: _Optional[str] = ..., profile: _Optional[str] = ..., slots_total: _Optional[int] = ..., slots_in_use: _Optional[int] = ..., queue_length: _Optional[int] = ..., energy_used_wh: _Optional[float] = ..., link_up: _Optional[bool] = ..., models: _Optional[_Iterable[str]] = ..., memory_used_bytes: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., results_pending: _Optional[int] = ..., serving: _Optional[bool] = ..., inferences_total: _Optional[int] = ..., compute_gflops: _Optional[float] = ...) -> None: ...
+
+class WorkStarted(_message.Message):
+    __slots__ = ("work_id", "job_id", "started_unix_s")
+    WORK_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STARTED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    work_id: str
+    job_id: str
+    started_unix_s: float
+    def __init__(self, work_id: _Optional[str] = ..., job_id: _Optional[str] = ..., started_unix_s: _Optional[float] = ...) -> None: ...
 
 class WorkResult(_message.Message):
     __slots__ = ("work_id", "job_id", "node_id", "status", "outputs", "output_location", "output_bytes", "tiles_done", "real_ms", "emulated_ms", "energy_wh", "error", "started_unix_s", "finished_unix_s")

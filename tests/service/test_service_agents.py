@@ -82,4 +82,8 @@ def test_real_agents_run_dispatched_work(make_server: ServerFactory, tmp_path: P
     assert "tiles_done=5" in job.result.detail
     assert job.result.output_bytes == 5 * 4 * 4  # five tiles of a 1x4 float32 output
     states = [t.to_state for t in job.transitions]
-    assert states[:3] == [pb.JOB_STATE_PENDING, pb.JOB_STATE_SCHEDULED, pb.JOB_STATE_DISPATCHED]
+    # RUNNING comes from the agent's WorkStarted, which it sends on the same stream before the result.
+    assert states == [pb.JOB_STATE_PENDING, pb.JOB_STATE_SCHEDULED, pb.JOB_STATE_DISPATCHED, pb.JOB_STATE_RUNNING,
+                      pb.JOB_STATE_SUCCEEDED]
+    running = job.transitions[3]
+    assert running.node == node and "started the work" in running.reason
