@@ -355,7 +355,7 @@ class PlanningLoop:
         with self._lock:
             registered = bool(self._registered)
         if not replan and not registered and self._next_due is not None and now < self._next_due:
-            # Nothing is due (no input arrival, planned start or deadline) and nothing happened: skip the
+            # Nothing is due (no input arrival or deadline) and nothing happened: skip the
             # scan of every active job, which is what costs on a large backlog.
             left_s = (self._next_due - now).total_seconds()
             return max(0.01, min(left_s, self.config.tick_s, self._period_left_s()))
@@ -604,7 +604,7 @@ class PlanningLoop:
         return self.config.period_s - (time.monotonic() - self._last_plan_mono_s)
 
     def _next_wake_s(self, jobs: list[JobRecord], now: datetime) -> float:
-        """Seconds until something is due: an input arrives, a planned start, a deadline, or the next tick.
+        """Seconds until something is due: a scheduled job's input arrives, a deadline, or the next tick.
 
         Also records when the next job event is due (:attr:`_next_due`), so that ticks before it are cheap.
         """
@@ -617,11 +617,11 @@ class PlanningLoop:
                 continue
             due.append((job.spec.deadline_utc - now).total_seconds())
             sj = by_id.get(job.job_id)
-            if sj is not None:
-                for t_s in (ready_s(sj), sj.start_s):
-                    delta = (epoch + timedelta(seconds=t_s) - now).total_seconds()
-                    if delta > 0:
-                        due.append(delta)
+            if sj is not None and job.state is JobState.SCHEDULED:
+                # Dispatch is the only thing a plan's times trigger here (RUNNING comes from the agent).
+                delta = (epoch + timedelta(seconds=ready_s(sj)) - now).total_seconds()
+                if delta > 0:
+                    due.append(delta)
         job_due_s = min(due)
         self._next_due = now + timedelta(seconds=job_due_s) if math.isfinite(job_due_s) else None
         return max(0.01, min(job_due_s, self.config.tick_s, self._period_left_s()))
