@@ -20,6 +20,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from scheduler.store import (
     ACTIVE_STATES,
@@ -35,6 +36,8 @@ from scheduler.store import (
 from scheduler.types import OnboardSource, Problem, UplinkSource
 from skyinfer.errors import InputError, SkyinferError
 from skyinfer.scenario import Scenario
+
+R = TypeVar("R")
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -108,6 +111,21 @@ class JobService:
         """Validate and durably insert a job; the future resolves after the commit (group-committed)."""
         self.validate(spec, now)
         return self.store.submit_async(spec, now=now, request_id=request_id, fingerprint=fingerprint)
+
+    def submit_deferred(self, make_spec: Callable[[], tuple[JobSpec, str]], *, now: datetime, request_id: str = "",
+                        finish: Callable[[JobRecord, bool], R]) -> concurrent.futures.Future[R]:
+        """:meth:`submit` for a request that the store's writer converts: ``make_spec()`` returns
+        ``(spec, fingerprint)`` or raises (an InputError naming the field), and the spec is validated there too;
+        the future resolves to ``finish(job, created)`` after the commit (see Store.submit_deferred_async)."""
+        if self.catalog is None:
+            raise NotReadyError("starting: the contact plan is not loaded yet; retry shortly")
+
+        def prepare() -> tuple[JobSpec, str]:
+            spec, fingerprint = make_spec()
+            self.validate(spec, now)
+            return spec, fingerprint
+
+        return self.store.submit_deferred_async(prepare, now=now, request_id=request_id, finish=finish)
 
     def get(self, job_id: str) -> tuple[JobRecord, list[TransitionRecord]]:
         if not job_id:

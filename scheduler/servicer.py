@@ -33,7 +33,7 @@ from scheduler.clock import Clock, WallClock
 from scheduler.fleet import FleetRegistry, FleetServicer
 from scheduler.loop import LoopConfig, PlanningLoop
 from scheduler.service import Catalog, EventHub, JobService, NotReadyError
-from scheduler.store import ConflictError, NotFoundError, Store, StoreError, TransitionError
+from scheduler.store import ConflictError, JobSpec, NotFoundError, Store, StoreError, TransitionError
 from scheduler.types import Problem
 from skyinfer.errors import InputError
 from skyinfer.v1 import fleet_pb2, fleet_pb2_grpc, scheduler_pb2_grpc
@@ -191,11 +191,15 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         now = self._clock.now()
         if not request.HasField("job"):
             raise InputError("job: required")
-        spec = serde.job_spec_from_proto(request.job, now=now)
-        fingerprint = serde.request_fingerprint(request.job) if request.request_id else ""
-        job, created = await self._completions.wait(
-            self._service.submit(spec, now=now, request_id=request.request_id, fingerprint=fingerprint))
-        return serde.submit_reply(job, created)
+        msg, with_id = request.job, bool(request.request_id)
+
+        def make_spec() -> tuple[JobSpec, str]:
+            # On the store's writer thread, for the whole group commit at once (see JobService.submit_deferred).
+            spec = serde.job_spec_from_proto(msg, now=now)
+            return spec, serde.request_fingerprint(msg) if with_id else ""
+
+        return await self._completions.wait(self._service.submit_deferred(
+            make_spec, now=now, request_id=request.request_id, finish=serde.submit_reply))
 
     @_rpc
     async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.Job:

@@ -237,6 +237,65 @@ def test_one_batch_tells_retries_from_conflicts_among_its_own_submits(tmp_path: 
         assert len(store.list_jobs(limit=100)) == 1 + len(new)
 
 
+def test_deferred_submits_are_made_checked_and_answered_by_the_writer_one_by_one(tmp_path: Path) -> None:
+    """The server's path: the writer makes each spec, a refused one fails alone and is never written, and the
+    future carries finish(job, created); retries and conflicts behave as with ready-made specs."""
+    with Store(tmp_path / "s.db") as store:
+        held, release = _hold_writer(store)
+        blocker = store.submit_async(_spec(), now=NOW, request_id="blocker")
+        assert held.wait(10)
+        commits = store.commits
+        writer_threads: set[str] = set()
+
+        def make(priority: int, fingerprint: str = "") -> Any:
+            def prepare() -> tuple[JobSpec, str]:
+                writer_threads.add(threading.current_thread().name)
+                if priority < 0:
+                    raise InputError(f"priority: must be in [1, 1000], got {priority}")
+                return _spec(priority=priority), fingerprint
+            return prepare
+
+        def finish(job: Any, created: bool) -> tuple[str, str, bool]:
+            return "reply", job.job_id, created
+
+        ok = store.submit_deferred_async(make(3, "fp-a"), now=NOW, request_id="a", finish=finish)
+        bad = store.submit_deferred_async(make(-1), now=NOW, request_id="bad", finish=finish)
+        retry = store.submit_deferred_async(make(3, "fp-a"), now=NOW, request_id="a", finish=finish)
+        conflict = store.submit_deferred_async(make(4, "fp-b"), now=NOW, request_id="a", finish=finish)
+        plain = store.submit_async(_spec(), now=NOW, request_id="plain")
+        anonymous = store.submit_deferred_async(make(5), now=NOW, finish=finish)
+        release.set()
+        blocker.result()
+        tag, job_id, created = ok.result()
+        assert tag == "reply" and created and retry.result() == ("reply", job_id, False)
+        with pytest.raises(InputError, match=r"^priority: must be in"):
+            bad.result()
+        with pytest.raises(ConflictError, match="request_id"):
+            conflict.result()
+        assert plain.result()[1] and anonymous.result()[2]
+        assert writer_threads == {"store-writer"}
+        assert store.commits == commits + 1, "the queued submits should form one batch"
+        stored = store.get(job_id)
+        assert stored.spec.priority == 3 and stored.request_id == "a" and stored.state is JobState.PENDING
+        assert store.get(anonymous.result()[1]).spec.priority == 5
+        assert "bad" not in {j.request_id for j in store.list_jobs(limit=100)}
+        assert len(store.list_jobs(limit=100)) == 4
+        with pytest.raises(InputError, match="request_id: at most"):
+            store.submit_deferred_async(make(1), now=NOW, request_id="x" * 1000, finish=finish)
+
+
+def test_a_deferred_submit_whose_reply_fails_is_still_stored(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db") as store:
+        def broken(job: Any, created: bool) -> None:
+            raise RuntimeError("reply could not be made")
+
+        fut = store.submit_deferred_async(lambda: (_spec(), ""), now=NOW, request_id="r", finish=broken)
+        with pytest.raises(RuntimeError, match="reply could not be made"):
+            fut.result()
+        assert [j.request_id for j in store.list_jobs(limit=10)] == ["r"]
+        assert store.submit(_spec(), now=NOW, request_id="r")[1] is False  # a retry finds it
+
+
 def test_ids_continue_after_another_connection_wrote(tmp_path: Path) -> None:
     # The writer numbers rows itself (explicit consecutive ids); a row written behind its back makes its next
     # insert collide: the batch is redone with fresh ids and every submit still succeeds.
