@@ -391,6 +391,14 @@ class EnergyModel:
 class _NodeState:
     slots: int
     busy: list[tuple[float, float]] = field(default_factory=list)  # padded occupancy, sorted
+    # The longest padded occupancy in ``busy``: an interval ending after t starts after t - max_span_s, so
+    # the intervals that can overlap a window are found by bisection (see Ledger.busy_near).
+    max_span_s: float = 0.0
+    # Answers of the start search (_try_candidate) since the node last changed, by (lo, hi, pad, duration,
+    # preferred start): with the node's occupancy and runs unchanged the same question has the same answer.
+    # A large backlog asks it thousands of times (jobs alike in model, source and release time).
+    starts_memo: dict[tuple[float, float, float, float, float | None], tuple[float | None, str]] = field(
+        default_factory=dict)
     runs: list[tuple[float, float]] = field(default_factory=list)  # exact [start, end] for the battery
     models: set[str] = field(default_factory=set)
     memory_used_bytes: int = 0
@@ -472,9 +480,20 @@ class Ledger:
         need = spec.memory_bytes if spec else 0
         return state.memory_used_bytes + need <= self.memory_cap.get(node, 0)
 
+    @staticmethod
+    def busy_near(state: _NodeState, start_s: float, end_s: float) -> list[tuple[float, float]]:
+        """The part of ``state.busy`` (in order) that holds every interval ending after ``start_s`` and starting
+        before ``end_s``, and a few more: callers filter it with their exact condition. Bisection, not a scan:
+        on a saturated node of a large backlog the scans were most of a greedy round."""
+        busy = state.busy
+        # 1 s of slack below the bound keeps float rounding of start + span from dropping an interval.
+        lo = bisect.bisect_left(busy, (start_s - state.max_span_s - 1.0, -math.inf))
+        hi = bisect.bisect_left(busy, (end_s, math.inf))
+        return busy[lo:hi]
+
     def slot_free(self, node: str, start_s: float, end_s: float) -> bool:
         state = self.node(node)
-        overlapping = [(s, e) for s, e in state.busy if s < end_s and e > start_s]
+        overlapping = [(s, e) for s, e in self.busy_near(state, start_s, end_s) if s < end_s and e > start_s]
         if len(overlapping) < state.slots:
             return True
         # Peak concurrency inside [start, end): evaluated at the window start and each overlapping start.
@@ -487,7 +506,10 @@ class Ledger:
     def add(self, sj: ScheduledJob, model_id: str | None) -> None:
         """Consume the resources of a placed (or fixed) job."""
         state = self.node(sj.node)
-        bisect.insort(state.busy, (sj.start_s, self.padded_end(sj.start_s, sj.end_s - sj.start_s)))
+        end_s = self.padded_end(sj.start_s, sj.end_s - sj.start_s)
+        bisect.insort(state.busy, (sj.start_s, end_s))
+        state.starts_memo.clear()
+        state.max_span_s = max(state.max_span_s, end_s - sj.start_s)
         state.runs.append((sj.start_s, sj.end_s))
         for r in (sj.input_route, sj.output_route):
             for c, b in route_bytes(r).items():
@@ -534,12 +556,21 @@ def _try_candidate(ledger: Ledger, job: Job, cand: Candidate, now_s: float,
         return None, "link"
     state = ledger.node(node)
     pad = ceil_to(cand.duration_s, step)
-    starts = [lo]
-    if preferred_start_s is not None:
-        p = ceil_to(preferred_start_s, step)
-        if lo <= p <= hi:
-            starts = [p, lo]
-    starts.extend(ceil_to(e, step) for _, e in state.busy if lo < e <= hi)
+    p = ceil_to(preferred_start_s, step) if preferred_start_s is not None else None
+    key = (lo, hi, pad, cand.duration_s, p if p is not None and lo <= p <= hi else None)
+    known = state.starts_memo.get(key)
+    if known is None:
+        known = state.starts_memo[key] = _first_start(ledger, state, node, lo, hi, pad, cand.duration_s, key[4])
+    return known
+
+
+def _first_start(ledger: Ledger, state: _NodeState, node: str, lo: float, hi: float, pad: float, duration_s: float,
+                 preferred_s: float | None) -> tuple[float | None, str]:
+    """The start search of :func:`_try_candidate` on ``node``: a pure function of its arguments and of the
+    node's occupancy and runs (the energy model is fixed for a round)."""
+    step = ledger.step_s
+    starts = [lo] if preferred_s is None else [preferred_s, lo]
+    starts.extend(ceil_to(e, step) for _, e in Ledger.busy_near(state, lo, hi + 1.0) if lo < e <= hi)
     critical = node not in ledger.energy.safe
     if critical:
         starts.extend(ceil_to(t, step) for t in ledger.energy.sunrise_times(node, lo, hi))
@@ -548,7 +579,7 @@ def _try_candidate(ledger: Ledger, job: Job, cand: Candidate, now_s: float,
     for t in (head + tail)[:MAX_START_TRIES]:
         if not ledger.slot_free(node, t, t + pad):
             continue
-        if critical and not ledger.energy.ok(node, [*state.runs, (t, t + cand.duration_s)]):
+        if critical and not ledger.energy.ok(node, [*state.runs, (t, t + duration_s)]):
             failure = "energy"
             continue
         return t, ""

@@ -436,3 +436,45 @@ def test_ranked_nodes_match_a_full_stable_sort(nodes: list[tuple[bool, float]], 
     stage = feasibility._Stage(zeros, zeros, zeros, zeros, release, ok, ok, ok, ok, ok, full[:head].copy(),
                                int(ok.sum()))
     assert list(feasibility._ranked(stage)) == expected
+
+
+# -- the greedy on a backlog of alike jobs (its start search is memoised per node) ------------------------
+
+BACKLOG_GOLDEN = Path(__file__).parent / "data" / "greedy_backlog_golden.json"
+
+
+def backlog_problem(seed: int, *, permanent_isl: bool, copies: int = 6) -> Problem:
+    """A seeded instance whose every job comes ``copies`` times (alike but for the id and priority order): the
+    shape of a served backlog, where the same start search is asked of a node again and again."""
+    problem = seeded_problem(seed, permanent_isl=permanent_isl, n_jobs=40)
+    jobs = tuple(replace(j, job_id=f"{j.job_id}-{c}", priority=1 + (j.priority + c) % 10)
+                 for c in range(copies) for j in problem.jobs)
+    return replace(problem, jobs=jobs)
+
+
+def _backlog_entry(seed: int, permanent: bool) -> list[object]:
+    """To regenerate (only for an intended change of results)::
+
+        json.dump({f"{s}-{p}": _backlog_entry(s, p) for s, p in BACKLOG_CASES}, open(BACKLOG_GOLDEN, "w"))
+    """
+    plan = greedy_assign(backlog_problem(seed, permanent_isl=permanent),
+                         build_candidates(backlog_problem(seed, permanent_isl=permanent))).plan
+    return [sorted([s.job_id, s.node, s.start_s] for s in plan.scheduled),
+            _digest(([astuple(s) for s in plan.scheduled], [astuple(u) for u in plan.unschedulable],
+                     plan.objective, plan.notes))]
+
+
+BACKLOG_CASES = ((20, True), (20, False), (23, False))
+
+
+@pytest.mark.parametrize(("seed", "permanent"), BACKLOG_CASES)
+def test_greedy_plan_of_a_backlog_unchanged(seed: int, permanent: bool) -> None:
+    """Recorded from the greedy before its start search was memoised and its occupancy scans bisected."""
+    expected = json.loads(BACKLOG_GOLDEN.read_text())[f"{seed}-{permanent}"]
+    got = _backlog_entry(seed, permanent)
+    assert got[0] == expected[0]
+    assert got[1] == expected[1]
+    problem = backlog_problem(seed, permanent_isl=permanent)
+    plan = greedy_assign(problem, build_candidates(problem)).plan
+    assert validate_plan(problem, plan) == []
+    assert len(plan.unschedulable) > len(problem.jobs) // 4  # oversubscribed: most of the search fails
