@@ -38,7 +38,7 @@ from datetime import datetime, timedelta
 from scheduler import planner
 from scheduler.clock import Clock, SimClock
 from scheduler.fleet import FleetRegistry
-from scheduler.service import JobService
+from scheduler.service import Catalog, JobService
 from scheduler.store import (
     ACTIVE_STATES,
     JobRecord,
@@ -172,6 +172,7 @@ def plan_round(problem: Problem, previous: Plan, now_s: float, config: LoopConfi
 
 
 _WORKER_BASE: Problem | None = None
+_WORKER_LOADER: Callable[[], Problem] | None = None
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -182,7 +183,7 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 
 def _worker_init(load_problem: Callable[[], Problem], parent_pid: int) -> None:
-    global _WORKER_BASE
+    global _WORKER_BASE, _WORKER_LOADER
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     # Planning is background work: under CPU pressure the gRPC server (accepting and acknowledging
     # jobs) goes first; the planner takes what is left. SCHED_IDLE (Linux) runs it only on otherwise idle
@@ -191,11 +192,15 @@ def _worker_init(load_problem: Callable[[], Problem], parent_pid: int) -> None:
         os.nice(10)
     with contextlib.suppress(OSError, AttributeError):
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    _WORKER_BASE = load_problem()
+    _WORKER_BASE, _WORKER_LOADER = load_problem(), load_problem
 
 
-def _worker_round(jobs: tuple[Job, ...], fixed: tuple[ScheduledJob, ...], profiles: dict[str, NodeProfile],
-                  problem_now_s: float, previous: Plan, now_s: float, config: LoopConfig) -> RoundResult:
+def _worker_round(load_problem: Callable[[], Problem], jobs: tuple[Job, ...], fixed: tuple[ScheduledJob, ...],
+                  profiles: dict[str, NodeProfile], problem_now_s: float, previous: Plan, now_s: float,
+                  config: LoopConfig) -> RoundResult:
+    global _WORKER_BASE, _WORKER_LOADER
+    if load_problem != _WORKER_LOADER:  # the server rolled its contact plan forward: follow it
+        _WORKER_BASE, _WORKER_LOADER = load_problem(), load_problem
     assert _WORKER_BASE is not None, "planner worker not initialised"
     problem = dataclasses.replace(_WORKER_BASE, jobs=jobs, fixed=fixed, profiles_by_node=profiles,
                                   now_s=problem_now_s)
@@ -216,8 +221,11 @@ class PlannerProcess:
             max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
             initargs=(self._load_problem, os.getpid()))
 
-    def round(self, problem: Problem, previous: Plan, now_s: float, config: LoopConfig) -> RoundResult:
-        args = (problem.jobs, problem.fixed, problem.profiles_by_node, problem.now_s, previous, now_s, config)
+    def round(self, problem: Problem, previous: Plan, now_s: float, config: LoopConfig,
+              load_problem: Callable[[], Problem] | None = None) -> RoundResult:
+        """Plan ``problem`` (whose base is what ``load_problem`` builds; default: the pool's own loader)."""
+        args = (load_problem or self._load_problem, problem.jobs, problem.fixed, problem.profiles_by_node,
+                problem.now_s, previous, now_s, config)
         try:
             return self._pool.submit(_worker_round, *args).result()
         except concurrent.futures.process.BrokenProcessPool:
@@ -260,6 +268,7 @@ class PlanningLoop:
         self._cancelled: list[str] = []
         self._registered: set[str] = set()
         self._base: Problem | None = None
+        self._loader: Callable[[], Problem] | None = None  # builds _base (rolled forward: see _roll_horizon)
         self._thread: threading.Thread | None = None
         self._worker: PlannerProcess | None = None
         self._last_plan_mono_s = 0.0
@@ -277,6 +286,7 @@ class PlanningLoop:
         With ``config.planner_process``, ``load_problem`` (picklable) builds the worker's copy of it.
         """
         self._base = dataclasses.replace(problem, jobs=(), fixed=())
+        self._loader = load_problem
         if self.config.planner_process:
             if load_problem is None:
                 raise ValueError("planner_process needs load_problem")
@@ -350,6 +360,10 @@ class PlanningLoop:
         if base is None:
             raise RuntimeError("PlanningLoop.start was not called")
         now = self._clock.now()
+        if self._roll_horizon(now):
+            base = self._base
+            assert base is not None
+            replan = True
         replan = self._handle_lost_nodes(now) or replan
         self._send_cancels()
         with self._lock:
@@ -370,6 +384,37 @@ class PlanningLoop:
         self._resend_registered(jobs)
         self._dispatch(jobs, now)
         return self._next_wake_s(jobs, now)
+
+    def _roll_horizon(self, now: datetime) -> bool:
+        """Move the contact plan forward once less than half of it is left: a new window of the same length
+        from ``now`` (whole minutes), built by the loader's ``moved_to(start_utc)`` (loaders without it, such
+        as a fixed problem in tests, never roll). Returns whether it rolled.
+
+        The stored plan's contact indices belong to the old window, so work in flight at the roll cannot be
+        carried into the new one as fixed placements: the roll waits for a moment with nothing in flight
+        until only a quarter of the window is left, then goes ahead (work then in flight runs on and reports
+        as usual, but its slot and downlink are not reserved in the first plans of the new window).
+        Battery charge carries over (the rolled node profiles).
+        """
+        base, moved_to = self._base, getattr(self._loader, "moved_to", None)
+        if base is None or moved_to is None:
+            return False
+        window_s = base.contact_plan.duration_s
+        left_s = (base.contact_plan.end_utc - now).total_seconds()
+        if left_s > window_s / 2:
+            return False
+        if left_s > window_s / 4 and any(j.state in _IN_FLIGHT for j in self._store.active_jobs()):
+            return False
+        loader = moved_to(now.replace(second=0, microsecond=0))
+        fresh = loader()
+        charged = {n: p for n, p in base.profiles_by_node.items() if n in fresh.profiles_by_node}
+        self._base = dataclasses.replace(fresh, jobs=(), fixed=(),
+                                         profiles_by_node={**fresh.profiles_by_node, **charged})
+        self._loader = loader
+        self._service.catalog = Catalog.from_problem(self._base)
+        log.info("contact plan rolled forward: now %s .. %s (%d s were left of the old one)",
+                 format_utc(fresh.contact_plan.start_utc), format_utc(fresh.contact_plan.end_utc), left_s)
+        return True
 
     def _handle_lost_nodes(self, now: datetime) -> bool:
         if self._fleet is None:
@@ -445,7 +490,7 @@ class PlanningLoop:
                         bound=0.0)
         started = time.perf_counter()
         if self._worker is not None:
-            result = self._worker.round(problem, previous, now_s, self.config)
+            result = self._worker.round(problem, previous, now_s, self.config, self._loader)
         else:
             result = plan_round(problem, previous, now_s, self.config)
         # Battery charge carries over between rounds (lost nodes keep their last known profile).

@@ -339,6 +339,10 @@ class ScenarioProblem:
     start_utc: datetime
     duration_s: float
 
+    def moved_to(self, start_utc: datetime) -> ScenarioProblem:
+        """The same scenario over a window of the same length from ``start_utc`` (a serve's rolling horizon)."""
+        return dataclasses.replace(self, start_utc=start_utc)
+
     def __call__(self) -> Problem:
         from orbit.build import build_contact_plan
         from scheduler.problem import build_problem
