@@ -50,7 +50,7 @@ from scheduler.store import (
     StoredPlan,
     TransitionRecord,
 )
-from scheduler.types import Job, NodeProfile, Plan, Problem, ScheduledJob
+from scheduler.types import Job, NodeProfile, Plan, Problem, ScheduledJob, Unschedulable
 from skyinfer.errors import InputError
 from skyinfer.timefmt import format_utc
 from skyinfer.v1 import fleet_pb2
@@ -265,6 +265,8 @@ class PlanningLoop:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._reasons: list[str] = []
+        self._full_wanted = True  # a trigger other than job arrivals came: the next round re-plans everything
+        self._last_full_mono_s = -math.inf
         self._cancelled: list[str] = []
         self._registered: set[str] = set()
         self._base: Problem | None = None
@@ -304,9 +306,11 @@ class PlanningLoop:
         if self._thread is not None:
             self._thread.join()
 
-    def trigger(self, reason: str) -> None:
+    def trigger(self, reason: str, *, full: bool = True) -> None:
+        """Ask for a re-plan. ``full=False`` (job arrivals) allows an incremental one (see :meth:`_replan`)."""
         with self._lock:
             self._reasons.append(reason)
+            self._full_wanted = self._full_wanted or full
         self._wake.set()
 
     def node_registered(self, node_id: str) -> None:
@@ -324,7 +328,7 @@ class PlanningLoop:
             with self._lock:
                 self._cancelled.extend(cancelled)
         if arrivals:
-            self.trigger(f"{arrivals} job(s) arrived")
+            self.trigger(f"{arrivals} job(s) arrived", full=bool(cancels))
         elif cancels:
             self.trigger("cancellation")
 
@@ -343,10 +347,11 @@ class PlanningLoop:
             self._wake.clear()
             with self._lock:
                 reasons, self._reasons = self._reasons, []
+                full, self._full_wanted = self._full_wanted, False
             periodic = time.monotonic() - self._last_plan_mono_s >= self.config.period_s
             try:
                 next_wake_s = self.run_once(replan=bool(reasons) or periodic,
-                                            why=", ".join(reasons[:3]) or "periodic")
+                                            why=", ".join(reasons[:3]) or "periodic", full=full or periodic)
             except Exception:
                 if self._stopping.is_set():
                     break
@@ -354,8 +359,12 @@ class PlanningLoop:
                 next_wake_s = self.config.tick_s
 
     # -- one round ------------------------------------------------------------------------------------------
-    def run_once(self, *, replan: bool = True, why: str = "") -> float:
-        """Bookkeeping, optionally a re-plan, then dispatch. Returns the seconds until the next round is due."""
+    def run_once(self, *, replan: bool = True, why: str = "", full: bool = True) -> float:
+        """Bookkeeping, optionally a re-plan, then dispatch. Returns the seconds until the next round is due.
+
+        ``full=False``: the re-plan may be incremental (only job arrivals since the last round, see
+        :meth:`_replan`); lost nodes, a rolled contact plan and ``LoopConfig.period_s`` force a full one.
+        """
         base = self._base
         if base is None:
             raise RuntimeError("PlanningLoop.start was not called")
@@ -363,8 +372,9 @@ class PlanningLoop:
         if self._roll_horizon(now):
             base = self._base
             assert base is not None
-            replan = True
-        replan = self._handle_lost_nodes(now) or replan
+            replan = full = True
+        if self._handle_lost_nodes(now):
+            replan = full = True
         self._send_cancels()
         with self._lock:
             registered = bool(self._registered)
@@ -379,7 +389,7 @@ class PlanningLoop:
             replan = True
             jobs = [j for j in jobs if j.job_id not in expired]
         if replan:
-            self._replan(base, jobs, now, why)
+            self._replan(base, jobs, now, why, full=full)
             jobs = self._store.active_jobs()
         self._resend_registered(jobs)
         self._dispatch(jobs, now)
@@ -461,16 +471,31 @@ class PlanningLoop:
                 self._fleet.send(j.node, fleet_pb2.SchedulerMessage(cancel=fleet_pb2.Cancel(work_id=j.work_id)))
         return {rec.job_id for rec in done if rec is not None}
 
-    def _replan(self, base: Problem, jobs: list[JobRecord], now: datetime, why: str) -> None:
+    def _replan(self, base: Problem, jobs: list[JobRecord], now: datetime, why: str, *, full: bool = True) -> None:
+        """One round over the active ``jobs``.
+
+        A *full* round re-plans every job, with the previous plan as the hint (in-flight work fixed). An
+        *incremental* round (``full=False``, the previous plan of this window known and a full round less than
+        ``period_s`` ago) places only jobs the previous plan did not cover (new ones, and scheduled ones whose
+        start passed without a dispatch) around the previous placements, which it keeps as they are (fixed);
+        jobs left unschedulable last time stay so, with their reason, until the next full round. Arrivals cost
+        a round in proportion to themselves, not to the backlog: under a stream of submits a backlog of
+        thousands of jobs was re-planned every second. The price: a new job cannot displace lower-priority
+        scheduled work before the next full round (at most ``period_s`` later).
+        """
         epoch = base.epoch_utc
         now_s = max((now - epoch).total_seconds(), base.now_s)
         stored = self._service.plan()
         prev_by_id: dict[str, ScheduledJob] = {}
         if stored is not None and stored.epoch_utc == epoch:
             prev_by_id = {sj.job_id: sj for sj in stored.plan.scheduled}
+        incremental = (not full and stored is not None and stored.epoch_utc == epoch
+                       and time.monotonic() - self._last_full_mono_s < self.config.period_s)
+        waiting = {u.job_id: u for u in stored.plan.unschedulable} if incremental and stored is not None else {}
         lost = self._fleet.lost() if self._fleet is not None else set()
         fixed: list[ScheduledJob] = []
         hints: list[ScheduledJob] = []
+        carried: list[Unschedulable] = []
         pjobs: list[Job] = []
         for j in jobs:
             prev = prev_by_id.get(j.job_id)
@@ -479,7 +504,10 @@ class PlanningLoop:
                     continue  # in flight without a known placement: wait for its result or deadline
                 fixed.append(prev)
             elif prev is not None and prev.start_s >= now_s and prev.node not in lost:
-                hints.append(prev)
+                (fixed if incremental and j.state is JobState.SCHEDULED else hints).append(prev)
+            elif incremental and j.job_id in waiting and j.state is JobState.PENDING:
+                carried.append(waiting[j.job_id])
+                continue
             pjobs.append(to_problem_job(j, epoch))
         profiles = {n: p for n, p in base.profiles_by_node.items() if n not in lost}
         problem = dataclasses.replace(base, jobs=tuple(pjobs), fixed=tuple(fixed), profiles_by_node=profiles)
@@ -493,13 +521,21 @@ class PlanningLoop:
             result = self._worker.round(problem, previous, now_s, self.config, self._loader)
         else:
             result = plan_round(problem, previous, now_s, self.config)
+        plan = result.plan
+        if incremental:
+            plan = dataclasses.replace(plan, unschedulable=(*plan.unschedulable, *carried),
+                                       notes=(*plan.notes, f"incremental: {len(pjobs) - len(fixed)} job(s) placed "
+                                              f"around {len(fixed)} kept; {len(carried)} left unschedulable "
+                                              "until the next full round"))
+        else:
+            self._last_full_mono_s = time.monotonic()
         # Battery charge carries over between rounds (lost nodes keep their last known profile).
         self._base = dataclasses.replace(base, now_s=result.now_s, jobs=(), fixed=(),
                                          profiles_by_node={**base.profiles_by_node, **result.profiles_by_node})
-        self._record_round(result.plan, jobs, epoch, now)
-        log.info("re-planned (%s) at %s: %d jobs, %d scheduled, %d unschedulable, objective %.0f/%.0f, %.2f s",
-                 why, format_utc(now), len(pjobs), len(result.plan.scheduled), len(result.plan.unschedulable),
-                 result.plan.objective, result.plan.bound, time.perf_counter() - started)
+        self._record_round(plan, jobs, epoch, now)
+        log.info("re-planned (%s%s) at %s: %d jobs, %d scheduled, %d unschedulable, objective %.0f/%.0f, %.2f s",
+                 why, ", incremental" if incremental else "", format_utc(now), len(pjobs), len(plan.scheduled),
+                 len(plan.unschedulable), plan.objective, plan.bound, time.perf_counter() - started)
 
     def step(self, problem: Problem, now: datetime, why: str = "", *,
              store_ids: Mapping[str, str] | None = None) -> StepResult:
