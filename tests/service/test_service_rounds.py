@@ -3,7 +3,9 @@ re-plans everything (and lets priorities displace), and every merged plan passes
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -36,14 +38,24 @@ def _check(base: Problem, store: Store, stored: StoredPlan) -> None:
     assert validate_plan(problem, stored.plan) == []
 
 
+@contextlib.contextmanager
+def _loop(db: Path, base: Problem) -> Iterator[tuple[PlanningLoop, JobService, Store, SimClock]]:
+    """A planning loop run by hand (no thread) on a fresh store, in simulated time."""
+    clock = SimClock(CLOCK_START)
+    with Store(db) as store:
+        service = JobService(store)
+        service.catalog = Catalog.from_problem(base)
+        loop = PlanningLoop(store, service, clock, None, LoopConfig(time_limit_s=2.0))
+        loop.start(base, background=False)
+        try:
+            yield loop, service, store, clock
+        finally:
+            loop.stop()
+
+
 def test_arrivals_are_placed_around_the_previous_plan_until_a_full_round(tmp_path: Path,
                                                                         base_problem: Problem) -> None:
-    clock = SimClock(CLOCK_START)
-    with Store(tmp_path / "jobs.db") as store:
-        service = JobService(store)
-        service.catalog = Catalog.from_problem(base_problem)
-        loop = PlanningLoop(store, service, clock, None, LoopConfig(time_limit_s=2.0))
-        loop.start(base_problem, background=False)
+    with _loop(tmp_path / "jobs.db", base_problem) as (loop, service, store, clock):
         _submit(service, clock, 400, priority=2)  # more than the nodes can run before the deadline
         loop.run_once()
         first = service.plan()
@@ -69,16 +81,10 @@ def test_arrivals_are_placed_around_the_previous_plan_until_a_full_round(tmp_pat
         assert all(store.get(j.job_id).state is JobState.SCHEDULED for j in urgent)  # priority displaces now
         assert len(third.plan.scheduled) == len(kept)
         _check(base_problem, store, third)
-        loop.stop()
 
 
 def test_an_incremental_round_places_new_jobs_into_free_capacity(tmp_path: Path, base_problem: Problem) -> None:
-    clock = SimClock(CLOCK_START)
-    with Store(tmp_path / "jobs.db") as store:
-        service = JobService(store)
-        service.catalog = Catalog.from_problem(base_problem)
-        loop = PlanningLoop(store, service, clock, None, LoopConfig(time_limit_s=2.0))
-        loop.start(base_problem, background=False)
+    with _loop(tmp_path / "jobs.db", base_problem) as (loop, service, store, clock):
         _submit(service, clock, 20, priority=1)
         loop.run_once()
         first = service.plan()
@@ -92,4 +98,3 @@ def test_an_incremental_round_places_new_jobs_into_free_capacity(tmp_path: Path,
         before = {s.job_id: s for s in first.plan.scheduled}
         assert all(s == before[s.job_id] for s in second.plan.scheduled if s.job_id in before)
         _check(base_problem, store, second)
-        loop.stop()
