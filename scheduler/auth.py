@@ -2,10 +2,12 @@
 
 - Clients (``skyinfer.v1.Scheduler``) present ``authorization: Bearer <token>`` when a token file is
   configured; otherwise the call fails with UNAUTHENTICATED. The token is compared in constant time.
-- With a client CA (``--tls-client-ca``) the server requires mutual TLS from every connection. Node agents
-  (``skyinfer.v1.Fleet``) prove their node id with it: the certificate's CN must equal the node id they
-  register (else PERMISSION_DENIED). Without a client CA, agents need the bearer token like any client
-  (when one is configured).
+- With a client CA (``--tls-client-ca``) the server requires mutual TLS. Node agents (``skyinfer.v1.Fleet``)
+  prove their node id with it: the certificate's CN must equal the node id they register (else
+  PERMISSION_DENIED). gRPC Python cannot ask for a certificate without requiring it, so with a single listener
+  every connection needs one; with a separate agent listener (``--agent-listen``) only that one requires
+  client certificates and clients use the main listener with server TLS and the token. Without a client CA,
+  agents need the bearer token like any client (when one is configured).
 - The health service stays open so that load balancers and orchestrators can probe it.
 """
 
@@ -55,13 +57,13 @@ class TlsConfig:
     key_file: str
     client_ca_file: str | None = None
 
-    def server_credentials(self) -> grpc.ServerCredentials:
+    def server_credentials(self, *, client_certificates: bool = True) -> grpc.ServerCredentials:
+        """Credentials of a listener; with a client CA and ``client_certificates`` every connection must present
+        a certificate it signed (gRPC Python cannot request one without requiring it)."""
         cert = _read_bytes(self.cert_file, "--tls-cert")
         key = _read_bytes(self.key_file, "--tls-key")
-        ca = _read_bytes(self.client_ca_file, "--tls-client-ca") if self.client_ca_file else None
-        # With a client CA every connection must present a certificate it signed (gRPC Python cannot
-        # request a certificate without requiring it): agents prove their node id with it, operators' tools
-        # carry one too and still present the bearer token when one is configured.
+        ca = (_read_bytes(self.client_ca_file, "--tls-client-ca")
+              if self.client_ca_file and client_certificates else None)
         return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 

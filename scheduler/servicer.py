@@ -58,6 +58,9 @@ class ServerConfig:
 
     db_path: str
     listen: str = "127.0.0.1:50051"
+    # A second listener for node agents (HOST:PORT, port 0: any free one). With mutual TLS only this one
+    # requires client certificates; clients keep server TLS and the token on ``listen``.
+    agent_listen: str | None = None
     tls: TlsConfig | None = None
     token: str | None = None
     loop: LoopConfig = field(default_factory=LoopConfig)
@@ -256,6 +259,7 @@ class SchedulerApp:
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # missing from grpc-stubs
         self.server: grpc.aio.Server | None = None
         self.port = 0
+        self.agent_port = 0  # bound port of ServerConfig.agent_listen (0: none)
         self.loop: PlanningLoop | None = None
         self.fleet: FleetRegistry | None = None
         self.hub: EventHub | None = None
@@ -295,12 +299,18 @@ class SchedulerApp:
         reflection.enable_server_reflection(names, server)
         for name in ("", SCHEDULER_SERVICE, FLEET_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        separate = cfg.agent_listen is not None
         if cfg.tls is not None:
-            port = server.add_secure_port(cfg.listen, cfg.tls.server_credentials())
+            port = server.add_secure_port(cfg.listen, cfg.tls.server_credentials(client_certificates=not separate))
         else:
             port = server.add_insecure_port(cfg.listen)
         if port == 0:
             raise InputError(f"--listen: cannot bind {cfg.listen}")
+        if cfg.agent_listen is not None:
+            self.agent_port = (server.add_secure_port(cfg.agent_listen, cfg.tls.server_credentials())
+                               if cfg.tls is not None else server.add_insecure_port(cfg.agent_listen))
+            if self.agent_port == 0:
+                raise InputError(f"--agent-listen: cannot bind {cfg.agent_listen}")
         await server.start()
         self.server, self.port = server, port
         self.startup = asyncio.create_task(self._load())
@@ -401,11 +411,12 @@ class BackgroundServer:
 
 
 async def serve_forever(config: ServerConfig, deps: ServerDeps, *,
-                        on_listening: Callable[[int], None] | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+                        on_listening: Callable[[int, int], None] | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully. ``on_listening(port, agent_port)`` once bound
+    (``agent_port`` 0 without a separate agent listener)."""
     app, port = await create_server(config, deps)
     if on_listening is not None:
-        on_listening(port)
+        on_listening(port, app.agent_port)
     stop = asyncio.Event()
     aio_loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -61,6 +61,9 @@ def add_parser(sub: Any) -> None:
                    help="scenario: time starts at the scenario's start and runs at real speed (old TLEs stay "
                    "valid); wall: real UTC, the contact plan starts now (default scenario)")
     p.add_argument("--horizon", metavar="DURATION", help="contact plan length (default: the scenario's duration)")
+    p.add_argument("--agent-listen", metavar="HOST:PORT",
+                   help="a second listener for node agents; with --tls-client-ca only it requires client "
+                   "certificates, and clients use --listen with server TLS and the token")
     p.set_defaults(func=run_serve)
 
     p = sub.add_parser("submit", help="submit an inference job", description="Submit a job; prints its id.")
@@ -141,7 +144,7 @@ def run_serve(args: argparse.Namespace) -> int:
     loader = problem_loader(scenario, start_utc=start,
                             duration_s=horizon_s or scenario.duration_s or 86400.0)
     config = ServerConfig(
-        db_path=args.db, listen=args.listen, tls=tls, token=token,
+        db_path=args.db, listen=args.listen, agent_listen=args.agent_listen, tls=tls, token=token,
         loop=LoopConfig(policy=args.policy, time_limit_s=args.time_limit_s, workers=args.workers, seed=args.seed,
                         period_s=args.period_s, debounce_s=args.debounce_s,
                         min_interval_s=args.min_replan_interval_s, planner_process=args.planner_process),
@@ -150,8 +153,10 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     host = args.listen.rpartition(":")[0]
 
-    def listening(port: int) -> None:
+    def listening(port: int, agent_port: int) -> None:
         print(f"listening on {host}:{port}", flush=True)
+        if args.agent_listen:
+            print(f"agents: listening on {args.agent_listen.rpartition(':')[0]}:{agent_port}", flush=True)
 
     asyncio.run(serve_forever(config, ServerDeps(load_problem=loader, clock=clock), on_listening=listening))
     return EXIT_OK

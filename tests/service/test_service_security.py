@@ -117,3 +117,35 @@ def test_agents_prove_their_node_id_with_a_client_certificate(make_server: Serve
         agent.next()
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # the TLS handshake fails
     agent.close()
+
+
+def test_a_separate_agent_listener_requires_certificates_only_from_agents(make_server: ServerFactory,
+                                                                         tmp_path: Path) -> None:
+    """--agent-listen with mutual TLS: clients keep server TLS and the token on the main port (no certificate);
+    agents prove their node id on the agent port; Fleet is refused on the main port."""
+    ca = make_ca(tmp_path / "pki")
+    cert = ca.issue(tmp_path / "pki", "localhost")
+    server = make_server(tls=TlsConfig(str(cert.cert_path), str(cert.key_path), str(ca.cert_path)), token=TOKEN,
+                         agent_listen="127.0.0.1:0")
+    assert server.app is not None
+    port, agent_port = server.port, server.app.agent_port
+    assert agent_port not in (0, port)
+    plain_tls = grpc.ssl_channel_credentials(root_certificates=ca.pem)
+    authed = grpc.composite_channel_credentials(plain_tls, grpc.access_token_call_credentials(TOKEN))
+    with grpc.secure_channel(f"localhost:{port}", authed) as ch:  # an operator without a certificate
+        assert submit(scheduler_pb2_grpc.SchedulerStub(ch)).created
+    issued = ca.issue(tmp_path / "pki", "SKYSAT-C1", client=True)
+    with_cert = grpc.ssl_channel_credentials(root_certificates=ca.pem, private_key=issued.key_pem,
+                                             certificate_chain=issued.cert_pem)
+    agent = ProtocolAgent(grpc.secure_channel(f"localhost:{agent_port}", with_cert), "SKYSAT-C1")
+    assert agent.next(kind="registered").registered.node_id == "SKYSAT-C1"
+    agent.close()
+    agent = ProtocolAgent(grpc.secure_channel(f"localhost:{port}", plain_tls), "SKYSAT-C1")  # the client port
+    with pytest.raises(grpc.RpcError) as err:
+        agent.next()
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and "client certificate" in details(err.value)
+    agent.close()
+    with grpc.secure_channel(f"localhost:{agent_port}", authed) as ch:  # no certificate: no handshake
+        with pytest.raises(grpc.RpcError) as err:
+            submit(scheduler_pb2_grpc.SchedulerStub(ch))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
