@@ -73,9 +73,12 @@ class ServerConfig:
     tune_gc: bool = False
 
     def __post_init__(self) -> None:
-        host, sep, port = self.listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise InputError(f"--listen: expected HOST:PORT (e.g. 127.0.0.1:50051), got {self.listen!r}")
+        for option, address in (("--listen", self.listen), ("--agent-listen", self.agent_listen)):
+            if address is None:
+                continue
+            host, sep, port = address.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise InputError(f"{option}: expected HOST:PORT (e.g. 127.0.0.1:50051), got {address!r}")
         if not 0 < self.heartbeat_interval_s < self.lost_after_s:
             raise InputError("heartbeat_interval_s: must be positive and below lost_after_s")
         if self.tls is not None and self.tls.client_ca_file and not self.tls.cert_file:
@@ -300,17 +303,11 @@ class SchedulerApp:
         for name in ("", SCHEDULER_SERVICE, FLEET_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         separate = cfg.agent_listen is not None
-        if cfg.tls is not None:
-            port = server.add_secure_port(cfg.listen, cfg.tls.server_credentials(client_certificates=not separate))
-        else:
-            port = server.add_insecure_port(cfg.listen)
-        if port == 0:
-            raise InputError(f"--listen: cannot bind {cfg.listen}")
+        port = _bind(server, "--listen", cfg.listen,
+                     cfg.tls.server_credentials(client_certificates=not separate) if cfg.tls is not None else None)
         if cfg.agent_listen is not None:
-            self.agent_port = (server.add_secure_port(cfg.agent_listen, cfg.tls.server_credentials())
-                               if cfg.tls is not None else server.add_insecure_port(cfg.agent_listen))
-            if self.agent_port == 0:
-                raise InputError(f"--agent-listen: cannot bind {cfg.agent_listen}")
+            self.agent_port = _bind(server, "--agent-listen", cfg.agent_listen,
+                                    cfg.tls.server_credentials() if cfg.tls is not None else None)
         await server.start()
         self.server, self.port = server, port
         self.startup = asyncio.create_task(self._load())
@@ -346,6 +343,18 @@ class SchedulerApp:
         if self.loop is not None:
             await asyncio.to_thread(self.loop.stop)
         await asyncio.to_thread(self.store.close)
+
+
+def _bind(server: grpc.aio.Server, option: str, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    """Add a listener; the bound port. A refused address (in use, unknown host) is the user's InputError."""
+    try:
+        port = (server.add_secure_port(address, credentials) if credentials is not None
+                else server.add_insecure_port(address))
+    except RuntimeError as exc:  # grpc raises on a failed bind (older versions returned 0)
+        raise InputError(f"{option}: cannot bind {address} (in use, or not an address of this host)") from exc
+    if port == 0:
+        raise InputError(f"{option}: cannot bind {address} (in use, or not an address of this host)")
+    return port
 
 
 GC_THRESHOLDS = (20_000, 20, 50)

@@ -71,3 +71,13 @@ def test_serve_refuses_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["serve", "--scenario", str(scenario), "--token-file", str(tmp_path / "missing"),
                  "--db", str(tmp_path / "d")]) == 2
     assert "--token-file" in capsys.readouterr().err
+    assert main(["serve", "--scenario", str(scenario), "--agent-listen", "nowhere", "--db", str(tmp_path / "d")]) == 2
+    assert "--agent-listen: expected HOST:PORT" in capsys.readouterr().err
+    with socket.socket() as taken:  # a port somebody else holds: a user mistake, not a traceback
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        for option in ("--listen", "--agent-listen"):
+            assert main(["serve", "--scenario", str(scenario), option, f"127.0.0.1:{busy}",
+                         "--db", str(tmp_path / "d")]) == 2
+            assert f"{option}: cannot bind 127.0.0.1:{busy}" in capsys.readouterr().err
