@@ -472,6 +472,8 @@ class Store:
             parent = Path(self.path).resolve().parent
             if not parent.is_dir():
                 raise InputError(f"--db: directory {parent} does not exist")
+            if Path(self.path).is_dir():
+                raise InputError(f"--db: {self.path} is a directory; give the path of a database file")
         try:
             self._writer_conn = _connect(self.path)
             self.schema_version = migrate(self._writer_conn)

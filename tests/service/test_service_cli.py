@@ -81,3 +81,5 @@ def test_serve_refuses_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture
             assert main(["serve", "--scenario", str(scenario), option, f"127.0.0.1:{busy}",
                          "--db", str(tmp_path / "d")]) == 2
             assert f"{option}: cannot bind 127.0.0.1:{busy}" in capsys.readouterr().err
+    assert main(["serve", "--scenario", str(scenario), "--db", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
