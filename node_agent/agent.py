@@ -9,7 +9,7 @@ Emulation of the node profile
   slower than this host (emulated > real), the call sleeps the difference while still holding its slot, so
   callers see the node's latency and throughput; when it is faster, nothing can be done about the real time,
   and both figures are reported. With a simulated clock (replay) nothing sleeps.
-* Slots: a semaphore of ``profile.slots``; calls waiting for one are the queue.
+* Slots: at most ``profile.slots`` calls run at once; calls waiting for a slot are the queue.
 * Energy above idle: ``(active_power_w - idle_power_w) / slots x emulated_s`` per call (the scheduler's model).
 * Memory: the declared memory of resident models must fit ``memory_bytes``.
 * Link: while down, results wait for it to come up (``wait_link_up``).
@@ -103,9 +103,13 @@ class Agent:
         self.profile = config.profile
         self.store = ModelStore(config.models_dir, config.max_model_bytes)
         self._models: dict[str, _Resident] = {}
-        self._lock = threading.Lock()  # guards _models and the counters below
+        # Guards changes to _models and the counters below. A single read (a dict lookup, a bool) takes no lock:
+        # under the GIL it sees either the old or the new value, which is all a caller can know anyway.
+        self._lock = threading.Lock()
         self._load_lock = threading.Lock()  # one model load at a time (memory accounting, disk)
-        self._slots = threading.BoundedSemaphore(self.profile.slots)
+        # Slots are the _in_use counter under _lock (one lock round trip per call on a free slot; a
+        # threading.Semaphore would add its own Python-level condition on top); queued calls wait here.
+        self._slot_free = threading.Condition(self._lock)
         # Energy above idle per emulated millisecond of one slot: (active - idle) / slots, in Wh per ms.
         self._energy_per_emulated_ms_wh = (
             (self.profile.active_power_w - self.profile.idle_power_w) / self.profile.slots / 3.6e6
@@ -229,10 +233,10 @@ class Agent:
         return self._resident(model_id).info
 
     def _resident(self, model_id: str) -> _Resident:
-        with self._lock:
-            r = self._models.get(model_id)
+        r = self._models.get(model_id)  # one atomic read: no lock (see __init__)
         if r is None:
-            loaded = ", ".join(sorted(self._models)) or "none"
+            with self._lock:
+                loaded = ", ".join(sorted(self._models)) or "none"
             raise UnknownModelError(
                 f"model_id: {model_id!r} is not loaded on {self.config.node_id!r} (loaded: {loaded})"
             )
@@ -260,21 +264,17 @@ class Agent:
         emulated_ms = (
             resident.runtime.work_scale(feeds) * resident.info.gflop_per_inference / self.profile.compute_gflops * 1e3
         )
+        slots = self.profile.slots
         t_queue = time.perf_counter()
-        # Free slot: take it without blocking (the common case; one lock for the counters). Otherwise the call
-        # is queued: counted as waiting until the semaphore lets it in.
-        if self._slots.acquire(blocking=False):
-            with self._lock:
-                self._in_use += 1
-        else:
-            with self._lock:
+        with self._lock:
+            if self._in_use >= slots:  # no free slot: the call is queued (counted as waiting) until one frees
                 self._waiting += 1
-            try:
-                self._slots.acquire()
-            finally:
-                with self._lock:
+                try:
+                    while self._in_use >= slots:
+                        self._slot_free.wait()
+                finally:
                     self._waiting -= 1
-                    self._in_use += 1
+            self._in_use += 1
         try:
             t0 = time.perf_counter()
             queue_ms = (t0 - t_queue) * 1e3
@@ -289,16 +289,20 @@ class Agent:
                     time.sleep(wait_s)
         except BaseException:
             with self._lock:
-                self._in_use -= 1
-            self._slots.release()
+                self._release_slot()
             raise
         energy_wh = self._energy_per_emulated_ms_wh * emulated_ms
-        with self._lock:  # one lock for all the call's accounting
-            self._in_use -= 1
+        with self._lock:  # one lock for the slot and all the call's accounting
+            self._release_slot()
             self._energy_wh += energy_wh
             self._inferences += 1
-        self._slots.release()
         return InferOutcome(outputs, real_ms, emulated_ms, queue_ms, energy_wh)
+
+    def _release_slot(self) -> None:
+        """Give back a slot (caller holds ``_lock``) and wake one queued call, if any."""
+        self._in_use -= 1
+        if self._waiting:
+            self._slot_free.notify()
 
     # ------------------------------------------------------------------ link and status
 
@@ -310,8 +314,7 @@ class Agent:
 
     @property
     def link_up(self) -> bool:
-        with self._link:
-            return self._link_up
+        return self._link_up  # one atomic read (checked on every Infer): no lock; set_link notifies waiters
 
     def wait_link_up(self, timeout_s: float | None) -> None:
         """Return once the link is up; LinkDownError after ``timeout_s`` seconds (None: wait for ever)."""

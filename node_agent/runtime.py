@@ -200,5 +200,7 @@ class ModelRuntime:
         return float(np.asarray(feeds[self.inputs[0].name]).size) / self.reference_numel
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outs = self.session.run(self.output_names, dict(feeds))
-        return {name: np.asarray(v) for name, v in zip(self.output_names, outs, strict=True)}
+        # Every output is a tensor (``_spec`` refuses other types at load), so onnxruntime returns numpy arrays,
+        # one per requested name.
+        outs = self.session.run(self.output_names, feeds if type(feeds) is dict else dict(feeds))
+        return dict(zip(self.output_names, outs, strict=True))

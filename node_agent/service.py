@@ -307,8 +307,12 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
         self.agent.model(request.model_id)  # NOT_FOUND before decoding tensors
         feeds = serde.feeds_from_protos(request.inputs, self.max_tensor_bytes)
         out = self.agent.infer(request.model_id, feeds, simulated_clock=request.simulated_clock, cancelled=gone)
-        self._wait_link(context)
-        return serde.encode_infer_response(request.model_id, request.request_id, out)
+        if not self.agent.link_up:
+            self._wait_link(context)
+        return wire.encode_infer_response(
+            request.model_id, request.request_id, out.outputs, real_ms=out.real_ms, emulated_ms=out.emulated_ms,
+            queue_ms=out.queue_ms, energy_wh=out.energy_wh,
+        )
 
     def _wait_link(self, context: grpc.ServicerContext) -> None:
         """Hold the result while the link is down, for as long as the caller waits (its deadline)."""

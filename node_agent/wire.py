@@ -8,8 +8,9 @@ same protobuf wire format (any protobuf client or server interoperates), are han
 
 * decoding returns each tensor's ``data`` as a read-only ``memoryview`` into the received buffer (no copy;
   ``np.frombuffer`` then views it without copying either);
-* encoding serialises the small fields with the generated classes and joins them with the arrays' own
-  buffers: one copy of each tensor, into the message that gRPC sends.
+* encoding writes the small fields directly (each tensor's name, dtype and shape once per combination, cached)
+  and joins them with the arrays' own buffers: one copy of each tensor, into the message that gRPC sends. The
+  encoded messages parse as the generated classes build them (tests check it field by field).
 
 The decoder follows the protobuf encoding rules for the fields these messages declare: fields in any order,
 unknown fields skipped, the last value of a repeated scalar field wins, ``shape`` packed or not, negative
@@ -26,13 +27,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from skyinfer.v1 import node_agent_pb2, tensor_pb2
+from skyinfer.v1 import tensor_pb2
 
 # Wire types of the protobuf encoding.
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 # Tags (field number << 3 | wire type) written by the encoder.
+_TAG_MODEL_ID = bytes([1 << 3 | _LEN])  # InferRequest.model_id = 1, InferResponse.model_id = 1
 _TAG_TENSORS = bytes([2 << 3 | _LEN])  # InferRequest.inputs = 2, InferResponse.outputs = 2
+_TAG_REQUEST_ID = bytes([3 << 3 | _LEN])  # InferRequest.request_id = 3, InferResponse.request_id = 3
+_SIMULATED_CLOCK_TRUE = bytes([4 << 3 | _VARINT, 1])  # InferRequest.simulated_clock = 4
 _TAG_DATA = bytes([4 << 3 | _LEN])  # Tensor.data = 4
+# InferResponse.real_ms = 4, emulated_ms = 5, queue_ms = 6, energy_wh = 7 (doubles): tag byte, value, four times.
+_TAG_REAL_MS, _TAG_EMULATED_MS, _TAG_QUEUE_MS, _TAG_ENERGY_WH = (n << 3 | _I64 for n in (4, 5, 6, 7))
+_TIMES = struct.Struct("<BdBdBdBd")
 _DOUBLE = struct.Struct("<d")
 
 
@@ -232,16 +239,44 @@ def _varint_bytes(n: int) -> bytes:
     return bytes(out)
 
 
-def _tensor_parts(name: str, arr: np.ndarray) -> list[bytes | memoryview]:
-    """The parts of one length-delimited ``Tensor`` field (tag 2): the array's buffer itself, not a copy."""
-    a = np.ascontiguousarray(arr)
-    if a.dtype.byteorder == ">":
-        a = a.astype(a.dtype.newbyteorder("<"))
-    head = tensor_pb2.Tensor(name=name, dtype=dtype_name(a.dtype), shape=a.shape).SerializeToString()
-    data = a.data.cast("B") if a.nbytes else b""
-    data_prefix = _TAG_DATA + _varint_bytes(a.nbytes)
-    size = len(head) + len(data_prefix) + a.nbytes
-    return [_TAG_TENSORS, _varint_bytes(size), head, data_prefix, data]
+def _string_field(tag: bytes, text: str) -> bytes:
+    """A proto3 string field (omitted when empty, as the generated classes do)."""
+    if not text:
+        return b""
+    data = text.encode()
+    return tag + _varint_bytes(len(data)) + data
+
+
+# The bytes of one Tensor field that precede its data (tag, lengths, name, dtype, shape) depend only on the name,
+# dtype and shape, which a caller repeats on every call: built once per combination. Bounded so that a caller
+# cycling through many shapes cannot grow it without limit (cleared when full; entries are cheap to rebuild).
+_PREFIX_CACHE_ENTRIES = 256
+_prefix_cache: dict[tuple[str, np.dtype, tuple[int, ...]], bytes] = {}
+
+
+def _tensor_prefix(name: str, a: np.ndarray) -> bytes:
+    """Everything of a length-delimited ``Tensor`` field (tag 2) before the data bytes of ``a``."""
+    key = (name, a.dtype, a.shape)
+    prefix = _prefix_cache.get(key)
+    if prefix is None:
+        head = tensor_pb2.Tensor(name=name, dtype=dtype_name(a.dtype), shape=a.shape).SerializeToString()
+        data_prefix = _TAG_DATA + _varint_bytes(a.nbytes)
+        prefix = _TAG_TENSORS + _varint_bytes(len(head) + len(data_prefix) + a.nbytes) + head + data_prefix
+        if len(_prefix_cache) >= _PREFIX_CACHE_ENTRIES:
+            _prefix_cache.clear()  # dict operations are atomic under the GIL: a racing caller just rebuilds
+        _prefix_cache[key] = prefix
+    return prefix
+
+
+def _add_tensors(parts: list[bytes | memoryview], arrays: Mapping[str, np.ndarray]) -> None:
+    """Append each array as a ``Tensor`` field: its cached prefix, then a view of the array's buffer (not a
+    copy: ``bytes.join`` reads a C-contiguous buffer of any shape and format as its raw bytes)."""
+    for name, arr in arrays.items():
+        a = np.ascontiguousarray(arr)
+        if a.dtype.byteorder == ">":
+            a = a.astype(a.dtype.newbyteorder("<"))
+        parts.append(_tensor_prefix(name, a))
+        parts.append(a.data)
 
 
 @functools.cache
@@ -254,12 +289,11 @@ def encode_infer_request(
     model_id: str, arrays: Mapping[str, np.ndarray], *, request_id: str = "", simulated_clock: bool = False
 ) -> bytes:
     """A serialised ``InferRequest`` with ``arrays`` as its inputs (little-endian, C order), one copy each."""
-    head = node_agent_pb2.InferRequest(
-        model_id=model_id, request_id=request_id, simulated_clock=simulated_clock
-    ).SerializeToString()
-    parts: list[bytes | memoryview] = [head]
-    for name, arr in arrays.items():
-        parts += _tensor_parts(name, arr)
+    parts: list[bytes | memoryview] = [_string_field(_TAG_MODEL_ID, model_id)]
+    _add_tensors(parts, arrays)
+    parts.append(_string_field(_TAG_REQUEST_ID, request_id))
+    if simulated_clock:
+        parts.append(_SIMULATED_CLOCK_TRUE)
     return b"".join(parts)
 
 
@@ -267,12 +301,13 @@ def encode_infer_response(
     model_id: str, request_id: str, outputs: Mapping[str, np.ndarray], *, real_ms: float, emulated_ms: float,
     queue_ms: float, energy_wh: float,
 ) -> bytes:
-    """A serialised ``InferResponse`` with ``outputs`` (little-endian, C order), one copy of each output."""
-    head = node_agent_pb2.InferResponse(
-        model_id=model_id, request_id=request_id, real_ms=real_ms, emulated_ms=emulated_ms, queue_ms=queue_ms,
-        energy_wh=energy_wh,
-    ).SerializeToString()
-    parts: list[bytes | memoryview] = [head]
-    for name, arr in outputs.items():
-        parts += _tensor_parts(name, arr)
+    """A serialised ``InferResponse`` with ``outputs`` (little-endian, C order), one copy of each output.
+
+    The four times are always written, zeros included (proto3 parsers read an explicit zero as the default).
+    """
+    parts: list[bytes | memoryview] = [_string_field(_TAG_MODEL_ID, model_id)]
+    _add_tensors(parts, outputs)
+    parts.append(_string_field(_TAG_REQUEST_ID, request_id))
+    parts.append(_TIMES.pack(_TAG_REAL_MS, real_ms, _TAG_EMULATED_MS, emulated_ms, _TAG_QUEUE_MS, queue_ms,
+                             _TAG_ENERGY_WH, energy_wh))
     return b"".join(parts)

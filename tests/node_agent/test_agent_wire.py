@@ -143,3 +143,27 @@ def test_encoded_messages_parse_as_protobuf_builds_them(
     assert parsed == serde.infer_response(model_id, request_id, out)
     assert [np.copysign(1.0, v) for v in (parsed.real_ms, parsed.energy_wh)] == [
         np.copysign(1.0, v) for v in (real_ms, energy_wh)]  # -0.0 keeps its sign
+
+
+def test_cached_tensor_prefixes_never_leak_between_names_shapes_or_data() -> None:
+    # The prefix before each tensor's data is cached per (name, dtype, shape); the data never is, and the cache
+    # is bounded (cleared when full), so more distinct shapes than it holds still encode exactly.
+    n = wire._PREFIX_CACHE_ENTRIES + 40
+    for i in range(n):
+        for name, x in (("x", np.full((1, i + 1), i, np.float32)), ("y", np.full((1, i + 1), -i, np.float32))):
+            parsed = node_agent_pb2.InferRequest.FromString(wire.encode_infer_request("m@1", {name: x}))
+            np.testing.assert_array_equal(serde.tensor_to_array(parsed.inputs[0], "inputs[0]", 1 << 20), x)
+            assert parsed.inputs[0].name == name
+        assert len(wire._prefix_cache) <= wire._PREFIX_CACHE_ENTRIES
+    a, b = np.zeros((2, 3), np.int64), np.arange(6, dtype=np.int64).reshape(2, 3)
+    for arr in (a, b, a.astype(np.int32)):
+        parsed = node_agent_pb2.InferRequest.FromString(wire.encode_infer_request("m@1", {"x": arr}))
+        assert parsed.inputs[0].dtype == str(arr.dtype)
+        np.testing.assert_array_equal(serde.tensor_to_array(parsed.inputs[0], "inputs[0]", 1 << 20), arr)
+
+
+def test_responses_carry_zero_times_explicitly_and_parse_as_the_defaults() -> None:
+    encoded = wire.encode_infer_response("m@1", "", {}, real_ms=0.0, emulated_ms=0.0, queue_ms=0.0, energy_wh=0.0)
+    assert node_agent_pb2.InferResponse.FromString(encoded) == node_agent_pb2.InferResponse(model_id="m@1")
+    got = wire.decode_infer_response(encoded)
+    assert (got.model_id, got.request_id, got.outputs, got.real_ms, got.energy_wh) == ("m@1", "", (), 0.0, 0.0)
