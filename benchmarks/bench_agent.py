@@ -6,7 +6,8 @@
   thread, sequential, no spinning (the agent runs with ``--threads 1``), so the other core is free for the
   RPC machinery on this 2-core host. The agent emulates ``three-body-744tops`` (faster than this host), so no
   emulation sleep is added and the difference is pure agent overhead. Calls are interleaved; medians, and the
-  median of the paired differences agent - direct (robust to the machine's load drifting during the run).
+  median of the paired differences agent - direct (robust to the machine's load drifting during the run); the
+  order of the paths is shuffled every round, so that no path always follows the direct call.
   - a ~1 ms CNN (target: at most 1 ms added per call);
   - a ~100 ms model: DLR's cloud mask when ``ukis-csmask`` is installed, else a larger built CNN on a
     6x256x256 tile standing in for it (target: at most 5% relative overhead).
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -207,8 +209,15 @@ def interleaved(path: Path, calls: dict[str, Callable[[np.ndarray], object]], re
         for f in everything.values():
             f(x)
     times: dict[str, list[float]] = {k: [] for k in everything}
+    order = list(everything.items())
+    shuffle = random.Random(0).shuffle
     for _ in range(repeats):
-        for k, f in everything.items():
+        # A new order every round (seeded), so that on average every path follows every other equally often:
+        # what ran just before a call matters (the same agent call was measured 0.1 ms slower right after the
+        # direct run, whose data fills this process's caches, than right after another call to the agent),
+        # and a fixed order, or a rotation of one (which keeps the neighbours), charges that to one path.
+        shuffle(order)
+        for k, f in order:
             t0 = time.perf_counter()
             f(x)
             times[k].append(time.perf_counter() - t0)
@@ -238,17 +247,28 @@ def stream_overhead(client: AgentClient, model_id: str, path: Path, tiles: int, 
     rng = np.random.default_rng(1)
     batch = [rng.standard_normal(shape).astype(np.float32) for _ in range(tiles)]
     via, direct = [], []
-    for r in range(rounds + 1):
+
+    def run_stream() -> float:
         t0 = time.perf_counter()
         n = sum(1 for _ in client.infer_stream(model_id, ({name: x} for x in batch), timeout_s=600))
-        t1 = time.perf_counter()
+        assert n == tiles
+        return time.perf_counter() - t0
+
+    def run_direct() -> float:
+        t0 = time.perf_counter()
         for x in batch:
             sess.run(None, {name: x})
-        t2 = time.perf_counter()
-        assert n == tiles
+        return time.perf_counter() - t0
+
+    for r in range(rounds + 1):
+        # The two blocks swap places every round (the one that goes second finds the other's data in cache).
+        if r % 2:
+            d_s, v_s = run_direct(), run_stream()
+        else:
+            v_s, d_s = run_stream(), run_direct()
         if r:  # the first round warms both
-            via.append((t1 - t0) / tiles * 1e3)
-            direct.append((t2 - t1) / tiles * 1e3)
+            via.append(v_s / tiles * 1e3)
+            direct.append(d_s / tiles * 1e3)
     paired = statistics.median([v - d for v, d in zip(via, direct, strict=True)])
     return statistics.median(via), statistics.median(direct), paired
 
