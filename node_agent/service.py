@@ -443,9 +443,12 @@ def create_server(config: AgentConfig, deps: AgentDeps) -> tuple[grpc.Server, in
         server,
     )
     creds = server_credentials(config)
-    port = server.add_secure_port(config.listen, creds) if creds else server.add_insecure_port(config.listen)
+    try:
+        port = server.add_secure_port(config.listen, creds) if creds else server.add_insecure_port(config.listen)
+    except RuntimeError:  # grpc raises on a failed bind (older versions returned 0)
+        port = 0
     if port == 0:
-        raise InputError(f"listen: cannot bind {config.listen}")
+        raise InputError(f"--listen: cannot bind {config.listen} (in use, or not an address of this host)")
     return server, port
 
 

@@ -4,6 +4,7 @@ SIGTERM -> clean exit."""
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -137,3 +138,18 @@ def test_container_commands_parse() -> None:
         assert f"{args.profile_name}:" in text and args.node_id.startswith("SKYSAT-") and 'pattern: "SKYSAT-*"' in text
     node_ids = {parser.parse_args(svc["command"]).node_id.lower(): name for name, svc in agents.items()}
     assert all(node_id == name for node_id, name in node_ids.items())  # each agent named after its satellite
+
+
+def test_a_listen_address_in_use_is_a_usage_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "skyinfer.cli", "agent", "--node-id", "x", "--profile", "cubesat",
+             "--models-dir", str(tmp_path), "--listen", f"127.0.0.1:{busy}"], capture_output=True, text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert f"skyinfer agent: error: --listen: cannot bind 127.0.0.1:{busy}" in done.stderr
