@@ -730,8 +730,9 @@ class Store:
         only this submit; once committed, the future's value is ``finish(job, created)``.
 
         The server's submits go this way: converting and checking a request, numbering it and writing its
-        reply, done for a whole group commit in one loop on the writer thread, cost far less than the same
-        work interleaved with the event loop's gRPC handling, one request at a time.
+        reply, done for a whole group commit in one loop on the writer thread, cost less than the same work
+        interleaved with the event loop's gRPC handling one request at a time (an 8-round A/B of the server:
+        +9 % submits per second).
         """
         if len(request_id) > MAX_REQUEST_ID_CHARS:
             raise InputError(f"request_id: at most {MAX_REQUEST_ID_CHARS} characters, got {len(request_id)}")
