@@ -532,7 +532,8 @@ class PlanningLoop:
         # Battery charge carries over between rounds (lost nodes keep their last known profile).
         self._base = dataclasses.replace(base, now_s=result.now_s, jobs=(), fixed=(),
                                          profiles_by_node={**base.profiles_by_node, **result.profiles_by_node})
-        self._record_round(plan, jobs, epoch, now)
+        # Carried entries change nothing (same job, state and reason): only the round's own answer is applied.
+        self._record_round(plan, jobs, epoch, now, applied=result.plan)
         log.info("re-planned (%s%s) at %s: %d jobs, %d scheduled, %d unschedulable, objective %.0f/%.0f, %.2f s",
                  why, ", incremental" if incremental else "", format_utc(now), len(pjobs), len(plan.scheduled),
                  len(plan.unschedulable), plan.objective, plan.bound, time.perf_counter() - started)
@@ -584,15 +585,16 @@ class PlanningLoop:
                  len(plan.scheduled), len(plan.unschedulable), plan.objective, plan.bound, wall_s)
         return StepResult(plan, tuple(transitions), wall_s)
 
-    def _record_round(self, plan: Plan, jobs: list[JobRecord], epoch: datetime,
-                      now: datetime) -> list[TransitionRecord]:
-        """Save and publish a round's plan (store job ids) and apply it to ``jobs``; the transitions made."""
+    def _record_round(self, plan: Plan, jobs: list[JobRecord], epoch: datetime, now: datetime, *,
+                      applied: Plan | None = None) -> list[TransitionRecord]:
+        """Save and publish a round's plan (store job ids) and apply it (or ``applied``, the part of it that can
+        change anything) to ``jobs``; the transitions made."""
         self._last_plan_mono_s = time.monotonic()
         self.rounds += 1
         stored_plan = StoredPlan(epoch_utc=epoch, planned_at_utc=now, plan=plan)
         self._store.save_plan(stored_plan)
         self._service.set_plan(stored_plan)
-        done = self._apply(plan, jobs, epoch, now)
+        done = self._apply(plan if applied is None else applied, jobs, epoch, now)
         self._last_plan_end_mono_s = time.monotonic()
         return done
 
@@ -693,12 +695,14 @@ class PlanningLoop:
         stored = self._service.plan()
         by_id = {sj.job_id: sj for sj in stored.plan.scheduled} if stored is not None else {}
         epoch = stored.epoch_utc if stored is not None else now
+        # The earliest deadline by comparing datetimes (one subtraction, not one per job: a backlog of thousands
+        # of jobs is scanned every round).
+        deadline = min((j.spec.deadline_utc for j in jobs if j.state in ACTIVE_STATES), default=None)
+        if deadline is not None:
+            due.append((deadline - now).total_seconds())
         for job in jobs:
-            if job.state not in ACTIVE_STATES:
-                continue
-            due.append((job.spec.deadline_utc - now).total_seconds())
-            sj = by_id.get(job.job_id)
-            if sj is not None and job.state is JobState.SCHEDULED:
+            sj = by_id.get(job.job_id) if job.state is JobState.SCHEDULED else None
+            if sj is not None:
                 # Dispatch is the only thing a plan's times trigger here (RUNNING comes from the agent).
                 delta = (epoch + timedelta(seconds=ready_s(sj)) - now).total_seconds()
                 if delta > 0:

@@ -1203,6 +1203,10 @@ def _hops_from_list(rows: Iterable[Sequence[Any]]) -> tuple[Hop, ...]:
 
 
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
+    # Unschedulable jobs as [job_id, index into "reasons"]: a backlog of thousands of jobs shares a handful of
+    # reasons, and the plan is saved every round (one dict per job made it several times slower to encode).
+    index: dict[str, int] = {}
+    unschedulable = [[u.job_id, index.setdefault(u.reason, len(index))] for u in plan.unschedulable]
     return {
         "policy": plan.policy, "objective": plan.objective, "bound": plan.bound, "wall_s": plan.wall_s,
         "status": plan.status, "notes": list(plan.notes),
@@ -1210,7 +1214,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
                        "arrival_s": s.arrival_s, "input_route": _hops_to_list(s.input_route),
                        "output_route": _hops_to_list(s.output_route), "model_route": _hops_to_list(s.model_route),
                        "energy_wh": s.energy_wh} for s in plan.scheduled],
-        "unschedulable": [{"job_id": u.job_id, "reason": u.reason} for u in plan.unschedulable],
+        "reasons": list(index), "unschedulable": unschedulable,
     }
 
 
@@ -1223,5 +1227,12 @@ def plan_from_dict(d: dict[str, Any]) -> Plan:
                                      output_route=_hops_from_list(s["output_route"]),
                                      model_route=_hops_from_list(s["model_route"]), energy_wh=s["energy_wh"])
                         for s in d["scheduled"]),
-        unschedulable=tuple(Unschedulable(u["job_id"], u["reason"]) for u in d["unschedulable"]),
+        unschedulable=tuple(_unschedulable_from(u, d.get("reasons", [])) for u in d["unschedulable"]),
     )
+
+
+def _unschedulable_from(entry: Any, reasons: list[str]) -> Unschedulable:
+    if isinstance(entry, dict):  # plans saved before the compact form: {"job_id": ..., "reason": ...}
+        return Unschedulable(entry["job_id"], entry["reason"])
+    job_id, index = entry
+    return Unschedulable(job_id, reasons[index])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import dataclasses
+import json
 import random
 import sqlite3
 import threading
@@ -28,12 +29,13 @@ from scheduler.store import (
     NotFoundError,
     Placement,
     Store,
+    StoredPlan,
     StoreError,
     TransitionError,
     new_job_id,
     to_ms,
 )
-from scheduler.types import CaptureSource, UplinkSource
+from scheduler.types import CaptureSource, Hop, Plan, ScheduledJob, Unschedulable, UplinkSource
 from skyinfer.errors import InputError
 
 NOW = datetime(2023, 4, 20, 0, 1, tzinfo=UTC)
@@ -433,3 +435,26 @@ def test_active_jobs_in_memory_equal_the_stored_ones(tmp_path: Path, seed: int) 
         before = store.active_jobs()
     with Store(db) as store:
         assert store.active_jobs() == before
+
+
+def test_saved_plans_round_trip_and_plans_of_the_older_form_still_load(tmp_path: Path) -> None:
+    hop = Hop("gs:Svalbard", "SKYSAT-C1", 10.0, 12.5, 1_000, 3)
+    plan = Plan(policy="greedy", objective=7.0, bound=9.0, wall_s=0.25, status="FEASIBLE", notes=("n1",),
+                scheduled=(ScheduledJob("a", "SKYSAT-C1", 20.0, 30.0, 90.0, (hop,), (), (), 0.5),),
+                unschedulable=tuple(Unschedulable(f"u{i}", "capacity: no slot free" if i % 3 else "deadline: late")
+                                    for i in range(7)))
+    stored = StoredPlan(epoch_utc=NOW, planned_at_utc=NOW + timedelta(seconds=5), plan=plan)
+    with Store(tmp_path / "s.db") as store:
+        store.save_plan(stored)
+        assert store.load_plan() == stored
+        body = json.loads(sqlite3.connect(tmp_path / "s.db").execute("SELECT body FROM plans").fetchone()[0])
+        assert body["reasons"] == ["deadline: late", "capacity: no slot free"]  # each reason written once
+    # A plan saved by an older version (one object per unschedulable job, no "reasons") loads the same.
+    body["unschedulable"] = [{"job_id": u.job_id, "reason": u.reason} for u in plan.unschedulable]
+    del body["reasons"]
+    conn = sqlite3.connect(tmp_path / "s.db")
+    conn.execute("UPDATE plans SET body = ?", (json.dumps(body),))
+    conn.commit()
+    conn.close()
+    with Store(tmp_path / "s.db") as store:
+        assert store.load_plan() == stored
