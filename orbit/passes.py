@@ -152,6 +152,40 @@ def find_ground_contacts(
     return _concat(parts).sorted()
 
 
+TargetKey = tuple[float, float, float]  # (latitude_deg, longitude_deg, min_elevation_deg)
+TargetPasses = dict[TargetKey, tuple[tuple[str, float], ...]]
+# The passes found so far, for the latest (constellation object, window) only.
+_TARGET_PASSES: dict[tuple[int, datetime, float], tuple[Constellation, TargetPasses]] = {}
+
+
+def target_passes(constellation: Constellation, targets: Sequence[TargetKey], start_utc: datetime,
+                  duration_s: float) -> TargetPasses:
+    """``(satellite name, tca_s)`` of every pass of every satellite over each target, a target being a point on
+    the ground with its own elevation mask (:func:`find_ground_contacts`, all new targets in one call).
+
+    Memoised per target for the latest constellation object and window: a rolling re-plan (replay, the service
+    loop) and the plan validator ask for the same targets round after round, and passes over one target do not
+    depend on which others are asked for with it.
+    """
+    memo_key = (id(constellation), start_utc, duration_s)
+    hit = _TARGET_PASSES.get(memo_key)
+    if hit is None or hit[0] is not constellation:  # a new window, or an id reused by another object
+        hit = (constellation, {})
+        _TARGET_PASSES.clear()
+        _TARGET_PASSES[memo_key] = hit
+    memo = hit[1]
+    missing = sorted({k for k in targets if k not in memo})
+    if missing:
+        stations = [GroundStation(f"target {k}", k[0], k[1], 0.0, k[2]) for k in missing]
+        passes = find_ground_contacts(constellation, stations, start_utc, duration_s)
+        found: dict[TargetKey, list[tuple[str, float]]] = {k: [] for k in missing}
+        names = constellation.names
+        for sat, station, tca in zip(passes.sat, passes.station, passes.tca_s, strict=True):
+            found[missing[int(station)]].append((names[int(sat)], float(tca)))
+        memo.update((k, tuple(v)) for k, v in found.items())
+    return {k: memo[k] for k in targets}
+
+
 def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 

@@ -57,7 +57,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from orbit.contact_plan import SUNLIGHT_PENUMBRA, SUNLIGHT_SUNLIT, ContactPlan
-from orbit.types import GroundStation
 from scheduler.routing import (
     TIME_EPS_S,
     ContactTable,
@@ -213,41 +212,21 @@ def capture_events_many(problem: Problem, sources: list[CaptureSource]
     ground station whose mask is the source's ``min_elevation_deg``, in one call
     (one propagation of the constellation for all targets).
     """
-    from orbit.passes import find_ground_contacts
+    from orbit.passes import target_passes
 
     keys = sorted({(s.latitude_deg, s.longitude_deg, s.min_elevation_deg) for s in sources})
     out: dict[tuple[float, float, float], list[tuple[str, float]]] = {k: [] for k in keys}
     plan = problem.contact_plan
     if not keys or not problem.profiles_by_node:
         return out
-    # Passes per target depend only on the constellation and the window, not on which other targets are asked
-    # for in the same call: a rolling re-plan (replay, the service loop) asks for the same targets every round.
-    memo_key = (id(plan.constellation), plan.start_utc, plan.duration_s)
-    hit = _CAPTURE_MEMO.get(memo_key)
-    if hit is None or hit[0] is not plan.constellation:
-        hit = (plan.constellation, {})
-        _CAPTURE_MEMO.clear()
-        _CAPTURE_MEMO[memo_key] = hit
-    memo = hit[1]
-    missing = [k for k in keys if k not in memo]
-    if missing:
-        # The whole constellation, as the validator does, so both see identical pass times.
-        targets = [GroundStation(f"target {k}", k[0], k[1], 0.0, k[2]) for k in missing]
-        passes = find_ground_contacts(plan.constellation, targets, plan.start_utc, plan.duration_s)
-        found: dict[tuple[float, float, float], list[tuple[str, float]]] = {k: [] for k in missing}
-        names = plan.constellation.names
-        for sat, station, tca in zip(passes.sat, passes.station, passes.tca_s, strict=True):
-            found[missing[int(station)]].append((names[int(sat)], float(tca)))
-        memo.update(found)
+    # The whole constellation, as the validator does, so both see identical pass times.
+    memo = target_passes(plan.constellation, keys, plan.start_utc, plan.duration_s)
     for k in keys:
         out[k] = sorted(((sat, tca) for sat, tca in memo[k] if sat in problem.profiles_by_node),
                         key=lambda e: (e[1], e[0]))
     return out
 
 
-# Capture passes of every satellite per target, for one constellation object and window (the latest one only).
-_CaptureMemo = dict[tuple[float, float, float], list[tuple[str, float]]]
-_CAPTURE_MEMO: dict[tuple[int, object, float], tuple[object, _CaptureMemo]] = {}
 
 
 def capture_events(problem: Problem, source: CaptureSource,

@@ -24,7 +24,6 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from orbit.contact_plan import SUNLIGHT_PENUMBRA, SUNLIGHT_SUNLIT, Contact
-from orbit.types import GroundStation
 from scheduler.types import (
     CaptureSource,
     Hop,
@@ -97,28 +96,14 @@ class _Checker:
         """``(satellite, tca_s)`` of every pass over the capture target (all targets computed in one call)."""
         key = (src.latitude_deg, src.longitude_deg, src.min_elevation_deg)
         if key not in self._capture_cache:
-            from orbit.passes import find_ground_contacts
+            from orbit.passes import target_passes
 
             keys = sorted({key} | {(j.source.latitude_deg, j.source.longitude_deg, j.source.min_elevation_deg)
                                    for j in self.problem.jobs if isinstance(j.source, CaptureSource)})
             cp = self.problem.contact_plan
-            memo_key = (id(cp.constellation), cp.start_utc, cp.duration_s)
-            hit = _CAPTURE_MEMO.get(memo_key)
-            if hit is None or hit[0] is not cp.constellation:
-                hit = (cp.constellation, {})
-                _CAPTURE_MEMO.clear()
-                _CAPTURE_MEMO[memo_key] = hit
-            memo = hit[1]
-            missing = [k for k in keys if k not in memo]
-            if missing:
-                targets = [GroundStation(f"capture target {k}", k[0], k[1], 0.0, k[2]) for k in missing]
-                passes = find_ground_contacts(cp.constellation, targets, cp.start_utc, cp.duration_s)
-                for k in missing:
-                    memo[k] = []
-                for s, st, t in zip(passes.sat, passes.station, passes.tca_s, strict=True):
-                    memo[missing[int(st)]].append((cp.constellation.names[int(s)], float(t)))
+            memo = target_passes(cp.constellation, keys, cp.start_utc, cp.duration_s)
             for k in keys:
-                self._capture_cache[k] = memo[k]
+                self._capture_cache[k] = list(memo[k])
         return self._capture_cache[key]
 
     # -- routes ----------------------------------------------------------------------------------
@@ -431,9 +416,6 @@ class _Checker:
                 return
 
 
-# Capture passes per target over one constellation and window: identical for every round of a rolling re-plan.
-_CaptureMemo = dict[tuple[float, float, float], list[tuple[str, float]]]
-_CAPTURE_MEMO: dict[tuple[int, object, float], tuple[object, _CaptureMemo]] = {}
 
 
 def validate_plan(problem: Problem, plan: Plan, *, tolerance_s: float = TIME_TOL_S) -> list[str]:

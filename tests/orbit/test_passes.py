@@ -23,7 +23,7 @@ from sgp4.api import WGS72, Satrec
 from skyfield.api import EarthSatellite, wgs84
 
 from orbit.contact_plan import GroundContacts
-from orbit.passes import find_ground_contacts, visibility_half_angle_rad
+from orbit.passes import find_ground_contacts, target_passes, visibility_half_angle_rad
 from orbit.propagate import propagate, timescale
 from orbit.types import Constellation, GroundStation, Satellite
 from skyinfer.errors import InputError
@@ -391,3 +391,22 @@ def test_random_stations_and_masks_match_find_events(
         assert len(ours_aos) == len(rises) and len(ours_los) == len(sets), (i, ours_aos, rises, ours_los, sets)
         np.testing.assert_allclose(ours_aos, rises, rtol=0, atol=FIND_EVENTS_TOLERANCE_S)
         np.testing.assert_allclose(ours_los, sets, rtol=0, atol=FIND_EVENTS_TOLERANCE_S)
+
+
+def test_target_passes_match_one_direct_search_whatever_was_asked_before(planet: Constellation) -> None:
+    """The memo answers per target exactly what one call of find_ground_contacts over all targets finds, whether
+    the targets come together, one by one, or after others; a new constellation object starts afresh."""
+    start = datetime(2023, 4, 20, tzinfo=UTC)
+    small = planet.subset(list(range(12)))
+    targets = [(48.14, 11.58, 30.0), (-33.9, 18.4, 20.0), (64.1, -21.9, 10.0)]
+    stations = [GroundStation(f"t{i}", k[0], k[1], 0.0, k[2]) for i, k in enumerate(targets)]
+    direct = find_ground_contacts(small, stations, start, 6 * 3600.0)
+    expected = {k: [(small.names[int(s)], float(t)) for s, st_, t in zip(direct.sat, direct.station, direct.tca_s,
+                                                                         strict=True) if int(st_) == i]
+                for i, k in enumerate(targets)}
+    assert sum(map(len, expected.values())) > 0
+    one_by_one = {k: list(target_passes(small, [k], start, 6 * 3600.0)[k]) for k in reversed(targets)}
+    assert one_by_one == expected
+    assert {k: list(v) for k, v in target_passes(small, targets, start, 6 * 3600.0).items()} == expected
+    other = planet.subset(list(range(12, 24)))  # another constellation: another answer, not the memo's
+    assert target_passes(other, targets[:1], start, 6 * 3600.0)[targets[0]] != tuple(expected[targets[0]])
