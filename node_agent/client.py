@@ -1,4 +1,5 @@
-"""Calling an agent's ``Infer`` / ``InferStream`` from Python without copying tensors more than once.
+"""Calling an agent's ``Infer`` / ``InferStream`` / ``InferSession`` from Python without copying tensors more than
+once.
 
 The generated stub works too (the messages are ordinary protobuf); this client is what ``skyinfer infer`` and
 the benchmark use: requests are encoded straight from the arrays and responses decoded as views of the
@@ -8,9 +9,11 @@ received bytes (:mod:`node_agent.wire`), and the multi-callables are created onc
 from __future__ import annotations
 
 import itertools
+import queue
 import threading
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from types import TracebackType
 
 import grpc
 import numpy as np
@@ -20,6 +23,7 @@ from node_agent.config import LOOKAHEAD_BYTES, MAX_FRAME_BYTES, MIB
 
 INFER_METHOD = "/skyinfer.v1.NodeAgent/Infer"
 INFER_STREAM_METHOD = "/skyinfer.v1.NodeAgent/InferStream"
+INFER_SESSION_METHOD = "/skyinfer.v1.NodeAgent/InferSession"
 # Outputs are limited by the agent's own message limit; the client accepts whatever it sends.
 CLIENT_MAX_MESSAGE_BYTES = 256 * MIB
 # Requests of an InferStream sent ahead of their responses (AgentClient.infer_stream's default window): more than
@@ -75,6 +79,13 @@ class AgentClient:
         self._infer_stream = channel.stream_stream(  # type: ignore[call-arg]
             INFER_STREAM_METHOD, response_deserializer=wire.decode_infer_response, _registered_method=True
         )
+        self._infer_session = channel.stream_stream(  # type: ignore[call-arg]
+            INFER_SESSION_METHOD, response_deserializer=wire.decode_infer_response, _registered_method=True
+        )
+
+    def session(self, *, timeout_s: float | None = None) -> InferSession:
+        """An :class:`InferSession` on this channel (close it, or use it as a context manager)."""
+        return InferSession(self._infer_session, timeout_s)
 
     def infer(
         self, model_id: str, inputs: Mapping[str, np.ndarray], *, timeout_s: float | None = None,
@@ -122,3 +133,95 @@ class AgentClient:
             finished.set()
             credits.release()  # wakes gRPC's request thread if it waits for a credit, so it ends
             call.cancel()  # no-op after a normal end; stops the agent's work if the caller gave up early
+
+
+class InferSession:
+    """Inferences one at a time over a long-lived ``InferSession`` call: for a caller that needs each result
+    before it sends the next input. Each :meth:`infer` sends one request on the open call and waits for its
+    response, so the set-up of a unary call (a new HTTP/2 stream, its headers and call objects on both sides)
+    is paid once per session instead of once per inference: on this project's 2-core host that is ~0.3 ms of
+    the ~1 ms a unary ``Infer`` adds (``benchmarks/bench_agent.py``).
+
+    Calls are serialised (lock-step; use several sessions, or unary ``Infer``, for concurrency). A failing
+    request raises ``grpc.RpcError`` with the status and message a unary call would give, and ends the call;
+    the next :meth:`infer` opens a new one, so a session outlives bad requests and agent restarts as unary
+    calls do. ``timeout_s`` is gRPC's deadline of each call the session opens, not of one inference: a session
+    whose call has expired fails its next inference with DEADLINE_EXCEEDED and then opens a new call.
+    """
+
+    def __init__(self, method: grpc.StreamStreamMultiCallable, timeout_s: float | None) -> None:
+        self._method = method
+        self._timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._requests: queue.SimpleQueue[bytes | None] | None = None
+        self._responses: Iterator[wire.WireInferResponse] | None = None
+        self._call: grpc.Call | None = None
+        self._closed = False
+
+    def infer(
+        self, model_id: str, inputs: Mapping[str, np.ndarray], *, request_id: str = "",
+        simulated_clock: bool = False,
+    ) -> InferResult:
+        """One inference (as :meth:`AgentClient.infer`); raises ``grpc.RpcError`` on failure."""
+        request = wire.encode_infer_request(model_id, inputs, request_id=request_id, simulated_clock=simulated_clock)
+        with self._lock:
+            if self._closed:
+                raise ValueError("the session is closed")
+            if self._requests is None or self._responses is None:
+                self._open()
+                assert self._requests is not None and self._responses is not None
+            self._requests.put(request)
+            try:
+                response = next(self._responses)
+            except grpc.RpcError:
+                self._drop()
+                raise
+            except StopIteration:  # the agent ended the call without an answer (not expected)
+                call = self._call
+                self._drop()
+                raise _SessionEnded(call) from None
+            return _result(response)
+
+    def _open(self) -> None:
+        requests: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+
+        def send() -> Iterator[bytes]:
+            while (item := requests.get()) is not None:
+                yield item
+
+        call = self._method(send(), timeout=self._timeout_s)
+        self._requests, self._responses, self._call = requests, call, call  # type: ignore[assignment]
+
+    def _drop(self) -> None:
+        """End the current call (if any): its request generator returns, and the call is cancelled."""
+        if self._requests is not None:
+            self._requests.put(None)
+        if self._call is not None:
+            self._call.cancel()
+        self._requests = self._responses = self._call = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._drop()
+
+    def __enter__(self) -> InferSession:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class _SessionEnded(grpc.RpcError):
+    """The agent closed a session's call without answering the request (reported as UNAVAILABLE)."""
+
+    def __init__(self, call: grpc.Call | None) -> None:
+        super().__init__("the agent ended the session without answering")
+        self._call = call
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "the agent ended the session without answering"

@@ -360,6 +360,24 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
         finally:
             pipe.stop()
 
+    def InferSession(
+        self, request_iterator: Iterator[wire.WireInferRequest], context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
+        """Lock-step: read a request, run it on this thread, send its response, read the next. gRPC's client
+        sends the next request only after the caller has its answer, so a pipeline (InferStream) would only add
+        thread hand-offs here. A failing request ends the call with the status and message of a unary ``Infer``
+        (it is always the request just sent)."""
+        gone = CallEnded(context)
+        try:
+            for request in request_iterator:
+                try:
+                    response = self._infer(request, context, gone)
+                except SkyinferError as exc:
+                    _abort(context, exc)
+                yield response
+        except grpc.RpcError:
+            return  # the call was cancelled while waiting for a request
+
     def GetStatus(
         self, request: node_agent_pb2.GetStatusRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.NodeStatus:
@@ -373,7 +391,7 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
 
 
 # RPCs whose messages go through node_agent.wire (tensor bytes not copied) instead of the generated classes.
-_WIRE_CODEC_METHODS = frozenset({"Infer", "InferStream"})
+_WIRE_CODEC_METHODS = frozenset({"Infer", "InferStream", "InferSession"})
 _HANDLER_FACTORIES = {
     (False, False): grpc.unary_unary_rpc_method_handler,
     (False, True): grpc.unary_stream_rpc_method_handler,
@@ -384,8 +402,8 @@ _HANDLER_FACTORIES = {
 
 def add_node_agent_servicer(servicer: NodeAgentServicer, server: grpc.Server) -> None:
     """Register every ``skyinfer.v1.NodeAgent`` RPC of ``servicer`` (what the generated
-    ``add_NodeAgentServicer_to_server`` does), with ``Infer`` and ``InferStream`` decoded and encoded by
-    :mod:`node_agent.wire`. Built from the service descriptor, so a method added to the proto is registered
+    ``add_NodeAgentServicer_to_server`` does), with ``Infer``, ``InferStream`` and ``InferSession`` decoded and
+    encoded by :mod:`node_agent.wire`. Built from the service descriptor, so a method added to the proto is registered
     without a hand-kept table (answering UNIMPLEMENTED, from the generated base class, until implemented)."""
     service = node_agent_pb2.DESCRIPTOR.services_by_name["NodeAgent"]
     handlers: dict[str, grpc.RpcMethodHandler] = {}

@@ -60,6 +60,11 @@ class NodeAgentStub:
                 request_serializer=skyinfer_dot_v1_dot_node__agent__pb2.InferRequest.SerializeToString,
                 response_deserializer=skyinfer_dot_v1_dot_node__agent__pb2.InferResponse.FromString,
                 _registered_method=True)
+        self.InferSession = channel.stream_stream(
+                '/skyinfer.v1.NodeAgent/InferSession',
+                request_serializer=skyinfer_dot_v1_dot_node__agent__pb2.InferRequest.SerializeToString,
+                response_deserializer=skyinfer_dot_v1_dot_node__agent__pb2.InferResponse.FromString,
+                _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/skyinfer.v1.NodeAgent/GetStatus',
                 request_serializer=skyinfer_dot_v1_dot_node__agent__pb2.GetStatusRequest.SerializeToString,
@@ -109,6 +114,16 @@ class NodeAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InferSession(self, request_iterator, context):
+        """Inferences in lock-step over one long-lived call: each request is answered before the next one is read,
+        on the handler's own thread (no pipeline). For a caller that needs each result before it sends the next
+        input: it skips a unary call's set-up every time. A failing request ends the call with the status and
+        message a unary Infer would give (the caller opens a new session).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStatus(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -147,6 +162,11 @@ def add_NodeAgentServicer_to_server(servicer, server):
             ),
             'InferStream': grpc.stream_stream_rpc_method_handler(
                     servicer.InferStream,
+                    request_deserializer=skyinfer_dot_v1_dot_node__agent__pb2.InferRequest.FromString,
+                    response_serializer=skyinfer_dot_v1_dot_node__agent__pb2.InferResponse.SerializeToString,
+            ),
+            'InferSession': grpc.stream_stream_rpc_method_handler(
+                    servicer.InferSession,
                     request_deserializer=skyinfer_dot_v1_dot_node__agent__pb2.InferRequest.FromString,
                     response_serializer=skyinfer_dot_v1_dot_node__agent__pb2.InferResponse.SerializeToString,
             ),
@@ -294,6 +314,33 @@ class NodeAgent:
             request_iterator,
             target,
             '/skyinfer.v1.NodeAgent/InferStream',
+            skyinfer_dot_v1_dot_node__agent__pb2.InferRequest.SerializeToString,
+            skyinfer_dot_v1_dot_node__agent__pb2.InferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InferSession(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/skyinfer.v1.NodeAgent/InferSession',
             skyinfer_dot_v1_dot_node__agent__pb2.InferRequest.SerializeToString,
             skyinfer_dot_v1_dot_node__agent__pb2.InferResponse.FromString,
             options,

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
-from agent_harness import RunningAgent, tls_channel
+from agent_harness import RunningAgent, tls_channel, upload
 from onnx_builders import BuiltModel, build_cnn
 
 from node_agent.config import AgentConfig
@@ -49,3 +49,11 @@ def start_agent(tmp_path: Path) -> Iterator[Callable[..., RunningAgent]]:
     yield start
     for a in started:
         a.stop()
+
+
+@pytest.fixture
+def cnn_agent(start_agent: Callable[..., RunningAgent], small_cnn: BuiltModel) -> RunningAgent:
+    """An agent (default profile) with ``small_cnn`` loaded as ``cnn@1``."""
+    running: RunningAgent = start_agent()
+    upload(running.stub, "cnn@1", small_cnn)
+    return running

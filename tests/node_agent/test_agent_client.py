@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from agent_harness import RunningAgent, upload
+from agent_harness import RunningAgent
 from onnx_builders import BuiltModel
 
 from node_agent.client import INFER_METHOD, AgentClient, channel_options
@@ -21,15 +19,9 @@ def _reference(model: BuiltModel, x: np.ndarray) -> np.ndarray:
     return np.asarray(sess.run(None, {model.input_name: x})[0])
 
 
-@pytest.fixture
-def agent(start_agent: Callable[..., RunningAgent], small_cnn: BuiltModel) -> RunningAgent:
-    running: RunningAgent = start_agent()
-    upload(running.stub, "cnn@1", small_cnn)
-    return running
 
-
-def test_infer_returns_the_outputs_and_times(agent: RunningAgent, small_cnn: BuiltModel) -> None:
-    with grpc.insecure_channel(agent.address, channel_options()) as channel:
+def test_infer_returns_the_outputs_and_times(cnn_agent: RunningAgent, small_cnn: BuiltModel) -> None:
+    with grpc.insecure_channel(cnn_agent.address, channel_options()) as channel:
         client = AgentClient(channel)
         batch = np.concatenate([small_cnn.tile(seed=1), small_cnn.tile(seed=2)])
         result = client.infer("cnn@1", {small_cnn.input_name: batch}, timeout_s=30, request_id="r-7")
@@ -40,9 +32,9 @@ def test_infer_returns_the_outputs_and_times(agent: RunningAgent, small_cnn: Bui
     assert result.real_ms > 0 and result.emulated_ms > 0 and result.queue_ms >= 0 and result.energy_wh > 0
 
 
-def test_infer_stream_answers_every_batch_in_order(agent: RunningAgent, small_cnn: BuiltModel) -> None:
+def test_infer_stream_answers_every_batch_in_order(cnn_agent: RunningAgent, small_cnn: BuiltModel) -> None:
     tiles = [small_cnn.tile(seed=s) for s in range(6)]
-    with grpc.insecure_channel(agent.address, channel_options()) as channel:
+    with grpc.insecure_channel(cnn_agent.address, channel_options()) as channel:
         results = list(AgentClient(channel).infer_stream(
             "cnn@1", ({small_cnn.input_name: t} for t in tiles), timeout_s=30))
     assert [r.request_id for r in results] == [str(i) for i in range(6)]
@@ -51,9 +43,9 @@ def test_infer_stream_answers_every_batch_in_order(agent: RunningAgent, small_cn
 
 
 def test_errors_carry_the_agents_status_and_a_malformed_request_is_refused(
-    agent: RunningAgent, small_cnn: BuiltModel
+    cnn_agent: RunningAgent, small_cnn: BuiltModel
 ) -> None:
-    with grpc.insecure_channel(agent.address, channel_options()) as channel:
+    with grpc.insecure_channel(cnn_agent.address, channel_options()) as channel:
         client = AgentClient(channel)
         with pytest.raises(grpc.RpcError) as err:
             client.infer("nope@1", {small_cnn.input_name: small_cnn.tile()}, timeout_s=30)
