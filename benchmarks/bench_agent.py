@@ -8,11 +8,14 @@
   emulation sleep is added and the difference is pure agent overhead. Calls are interleaved; medians, and the
   median of the paired differences agent - direct (robust to the machine's load drifting during the run); the
   order of the paths is shuffled every round, so that no path always follows the direct call.
+  Two ways of calling through the agent: a unary ``Infer`` per call (AgentClient.infer), and one request at a
+  time over an open ``InferSession`` call (AgentClient.session: no per-call set-up of a gRPC call).
   - a ~1 ms CNN (target: at most 1 ms added per call);
   - a ~100 ms model: DLR's cloud mask when ``ukis-csmask`` is installed, else a larger built CNN on a
     6x256x256 tile standing in for it (target: at most 5% relative overhead).
 * Where the time goes, measured in the same interleaved loop: a bare gRPC server (the agent's server options,
-  a handler that only runs the same session on the raw request bytes, no protobuf, no agent) and a bare TCP
+  a handler that only runs the same session on the raw request bytes, no protobuf, no agent; called unary and
+  one request at a time over an open stream) and a bare TCP
   socket server running the same session. socket - direct is the floor of any two-process design; bare gRPC
   - socket is gRPC's own cost (Python's sync server and client); agent - bare gRPC is the agent's own work.
 * ``InferStream``: a batch of N tiles over one stream (the agent pipelines them: requests read ahead while a tile
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import random
 import socket
 import statistics
@@ -48,7 +52,7 @@ sys.path.insert(0, str(REPO / "tests" / "node_agent"))
 from onnx_builders import build_cnn  # noqa: E402
 
 from node_agent import serde  # noqa: E402
-from node_agent.client import AgentClient, channel_options  # noqa: E402
+from node_agent.client import AgentClient, InferSession, channel_options  # noqa: E402
 from node_agent.config import LOOKAHEAD_BYTES, MAX_FRAME_BYTES  # noqa: E402
 from node_agent.healthcheck import check  # noqa: E402
 from node_agent.models import find_csmask_model  # noqa: E402
@@ -59,6 +63,7 @@ from skyinfer.v1 import node_agent_pb2, node_agent_pb2_grpc  # noqa: E402
 THREADS = 1
 CHUNK_BYTES = 1 << 20
 BARE_METHOD = "/bench.Bare/Run"
+BARE_STREAM_METHOD = "/bench.Bare/Stream"
 LEN_BYTES = 8  # length prefix of the socket server's frames
 STREAM_TILES_SMALL = 50  # tiles per InferStream batch (small CNN)
 STREAM_TILES_LARGE = 8  # tiles per InferStream batch (cloud mask: ~1 s of compute per stream)
@@ -133,7 +138,14 @@ def serve_bare(kind: str, model_path: str) -> None:
                    ("grpc.http2.max_frame_size", MAX_FRAME_BYTES)]
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=options)
         service, method = BARE_METHOD.strip("/").split("/")
-        handlers = {method: grpc.unary_unary_rpc_method_handler(lambda request, context: run(request))}
+        stream_method = BARE_STREAM_METHOD.rsplit("/", 1)[1]
+
+        def lock_step(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+            for request in requests:
+                yield run(request)
+
+        handlers = {method: grpc.unary_unary_rpc_method_handler(lambda request, context: run(request)),
+                    stream_method: grpc.stream_stream_rpc_method_handler(lock_step)}
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
         server.add_registered_method_handlers(service, handlers)  # type: ignore[attr-defined]
         port = server.add_insecure_port("127.0.0.1:0")
@@ -182,6 +194,23 @@ def start_bare(kind: str, model_path: Path) -> tuple[subprocess.Popen[str], int]
 def bare_grpc_call(channel: grpc.Channel) -> Callable[[np.ndarray], object]:
     call = channel.unary_unary(BARE_METHOD, _registered_method=True)  # type: ignore[call-arg]
     return lambda x: call(x.tobytes(), timeout=60)
+
+
+def bare_grpc_stream_call(channel: grpc.Channel) -> tuple[Callable[[np.ndarray], object], Callable[[], None]]:
+    """One request at a time over one open stream (what InferSession does, without the agent), and its closer."""
+    requests: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+
+    def send() -> Iterator[bytes]:
+        while (item := requests.get()) is not None:
+            yield item
+
+    responses = channel.stream_stream(BARE_STREAM_METHOD)(send(), timeout=3600)
+
+    def call(x: np.ndarray) -> object:
+        requests.put(x.tobytes())
+        return next(responses)
+
+    return call, lambda: (requests.put(None), responses.cancel())
 
 
 def bare_socket_call(port: int) -> Callable[[np.ndarray], object]:
@@ -237,6 +266,10 @@ def agent_call(client: AgentClient, model_id: str, input_name: str, real_ms: lis
         return result
 
     return call
+
+
+def session_call(session: InferSession, model_id: str, input_name: str) -> Callable[[np.ndarray], object]:
+    return lambda x: session.infer(model_id, {input_name: x})
 
 
 def stream_overhead(client: AgentClient, model_id: str, path: Path, tiles: int, rounds: int
@@ -338,10 +371,15 @@ def main() -> int:
                     s_proc, s_port = start_bare("socket", path)
                     bare += [g_proc, s_proc]
                     real: list[float] = []
-                    with grpc.insecure_channel(f"127.0.0.1:{g_port}", channel_options()) as g_ch:
+                    with grpc.insecure_channel(f"127.0.0.1:{g_port}", channel_options()) as g_ch, \
+                            client.session(timeout_s=3600) as session:
+                        bare_stream, close_bare_stream = bare_grpc_stream_call(g_ch)
                         calls = {"agent": agent_call(client, f"{label}@1", info.inputs[0].name, real),
-                                 "bare gRPC": bare_grpc_call(g_ch), "bare socket": bare_socket_call(s_port)}
+                                 "agent session": session_call(session, f"{label}@1", info.inputs[0].name),
+                                 "bare gRPC": bare_grpc_call(g_ch), "bare gRPC stream": bare_stream,
+                                 "bare socket": bare_socket_call(s_port)}
                         results[label] = (*interleaved(path, calls, repeats), statistics.median(real))
+                        close_bare_stream()
                     for b in (g_proc, s_proc):
                         b.kill()
                         b.wait()
@@ -380,14 +418,19 @@ def main() -> int:
                         ("large", f"{large_name} ({info_l.gflop_per_inference:.2f} GFLOP)")):
         direct, paths, real_median = results[label]
         agent_ms, added = paths["agent"]
+        session_ms, session_added = paths["agent session"]
         target = "target <= 1 ms" if label == "small" else "target <= 5%"
-        print(f"{name}: direct {direct:.3f} ms, via agent {agent_ms:.3f} ms, added {added:.3f} ms per call = "
-              f"{added / direct * 100:.1f}% (paired median; {target}); session time inside the agent "
-              f"{real_median:.3f} ms")
-        floor = ", ".join(f"{k} adds {paths[k][1]:.3f} ms" for k in ("bare gRPC", "bare socket"))
+        print(f"{name}: direct {direct:.3f} ms; session time inside the agent {real_median:.3f} ms ({target})")
+        print(f"  unary Infer:                {agent_ms:.3f} ms, added {added:.3f} ms per call = "
+              f"{added / direct * 100:.1f}% (paired median)")
+        print(f"  InferSession (call open):   {session_ms:.3f} ms, added {session_added:.3f} ms per call = "
+              f"{session_added / direct * 100:.1f}% (paired median)")
+        floor = ", ".join(f"{k} adds {paths[k][1]:.3f} ms" for k in ("bare gRPC", "bare gRPC stream", "bare socket"))
         print(f"  same run, same session behind other servers: {floor}; so gRPC's own path costs "
-              f"{paths['bare gRPC'][1] - paths['bare socket'][1]:.3f} ms and the agent's own work "
-              f"{added - paths['bare gRPC'][1]:.3f} ms")
+              f"{paths['bare gRPC'][1] - paths['bare socket'][1]:.3f} ms (unary) / "
+              f"{paths['bare gRPC stream'][1] - paths['bare socket'][1]:.3f} ms (stream), and the agent's own "
+              f"work {added - paths['bare gRPC'][1]:.3f} ms (unary) / "
+              f"{session_added - paths['bare gRPC stream'][1]:.3f} ms (session)")
     for label, name, (via, direct, added) in (("small", f"small CNN, {STREAM_TILES_SMALL} tiles", stream_s),
                                               ("large", f"{large_name}, {STREAM_TILES_LARGE} tiles", stream_l)):
         unary = results[label][1]["agent"][1]
