@@ -146,7 +146,9 @@ class InferSession:
     request raises ``grpc.RpcError`` with the status and message a unary call would give, and ends the call;
     the next :meth:`infer` opens a new one, so a session outlives bad requests and agent restarts as unary
     calls do. ``timeout_s`` is gRPC's deadline of each call the session opens, not of one inference: a session
-    whose call has expired fails its next inference with DEADLINE_EXCEEDED and then opens a new call.
+    whose call has expired fails its next inference with DEADLINE_EXCEEDED and then opens a new call. An open
+    session holds one of the agent's threads: close it when done (the agent refuses sessions beyond its limit
+    with RESOURCE_EXHAUSTED).
     """
 
     def __init__(self, method: grpc.StreamStreamMultiCallable, timeout_s: float | None) -> None:

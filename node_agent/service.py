@@ -257,11 +257,25 @@ class _StreamPipeline:
             self.responses.finish()
 
 
+def rpc_workers(profile_slots: int) -> int:
+    """Threads of the agent's gRPC server: room for every slot's calls and streams, plus a few for the rest."""
+    return max(8, 4 * profile_slots) + 4
+
+
+def max_sessions(workers: int) -> int:
+    """Open ``InferSession`` calls allowed at once: each holds one of the server's ``workers`` threads for as long
+    as it is open, so half of them stay free for health checks, model loads and other calls."""
+    return max(1, workers // 2)
+
+
 class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
-    def __init__(self, deps: AgentDeps) -> None:
+    def __init__(self, deps: AgentDeps, *, session_limit: int = 1) -> None:
         self.agent = deps.agent
         self.spool = deps.spool
         self.max_tensor_bytes = deps.agent.config.max_tensor_bytes
+        self.session_limit = session_limit
+        self._sessions = 0
+        self._sessions_lock = threading.Lock()
 
     def LoadModel(
         self, request_iterator: Iterator[node_agent_pb2.LoadModelChunk], context: grpc.ServicerContext
@@ -366,7 +380,17 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
         """Lock-step: read a request, run it on this thread, send its response, read the next. gRPC's client
         sends the next request only after the caller has its answer, so a pipeline (InferStream) would only add
         thread hand-offs here. A failing request ends the call with the status and message of a unary ``Infer``
-        (it is always the request just sent)."""
+        (it is always the request just sent).
+
+        An open session holds one of the server's threads while it waits for its next request, so at most
+        ``session_limit`` are open at once; one more is refused with RESOURCE_EXHAUSTED (the caller can use unary
+        ``Infer``) and the other calls keep their threads."""
+        with self._sessions_lock:
+            if self._sessions >= self.session_limit:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"sessions: {self._sessions} open, at most {self.session_limit} on this agent; "
+                              "close one or call Infer")
+            self._sessions += 1
         gone = CallEnded(context)
         try:
             for request in request_iterator:
@@ -377,6 +401,9 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServicer):
                 yield response
         except grpc.RpcError:
             return  # the call was cancelled while waiting for a request
+        finally:
+            with self._sessions_lock:
+                self._sessions -= 1
 
     def GetStatus(
         self, request: node_agent_pb2.GetStatusRequest, context: grpc.ServicerContext
@@ -448,10 +475,10 @@ def create_server(config: AgentConfig, deps: AgentDeps) -> tuple[grpc.Server, in
         ("grpc.http2.lookahead_bytes", LOOKAHEAD_BYTES),
         ("grpc.http2.max_frame_size", MAX_FRAME_BYTES),
     ]
-    workers = max(8, 4 * config.profile.slots) + 4
+    workers = rpc_workers(config.profile.slots)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agent-rpc"),
                          options=options)
-    add_node_agent_servicer(NodeAgentServicer(deps), server)
+    add_node_agent_servicer(NodeAgentServicer(deps, session_limit=max_sessions(workers)), server)
     health_pb2_grpc.add_HealthServicer_to_server(deps.health, server)
     for name in ("", SERVICE_NAME):
         deps.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -118,7 +118,8 @@ class NodeAgentServicer:
         """Inferences in lock-step over one long-lived call: each request is answered before the next one is read,
         on the handler's own thread (no pipeline). For a caller that needs each result before it sends the next
         input: it skips a unary call's set-up every time. A failing request ends the call with the status and
-        message a unary Infer would give (the caller opens a new session).
+        message a unary Infer would give (the caller opens a new session). An open session holds one of the agent's
+        threads: the agent refuses sessions beyond its limit with RESOURCE_EXHAUSTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

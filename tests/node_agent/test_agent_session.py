@@ -10,10 +10,12 @@ import grpc
 import numpy as np
 import pytest
 from agent_harness import RunningAgent
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx_builders import BuiltModel
 from test_agent_service import infer_request, reference
 
 from node_agent.client import AgentClient, InferSession, channel_options
+from node_agent.service import max_sessions, rpc_workers
 
 LOGIT_ATOL = 1e-5
 
@@ -122,3 +124,38 @@ def test_the_generated_stub_drives_a_session_and_errors_carry_no_request_index(
         next(call)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert err.value.details().startswith("model_id: 'nope@1' is not loaded")
+
+
+def test_open_sessions_are_limited_so_other_calls_keep_their_threads(
+    cnn_agent: RunningAgent, small_cnn: BuiltModel
+) -> None:
+    limit = max_sessions(rpc_workers(cnn_agent.config.profile.slots))
+    inputs = {small_cnn.input_name: small_cnn.tile()}
+    with grpc.insecure_channel(cnn_agent.address, channel_options()) as channel:
+        client = AgentClient(channel)
+        sessions = [client.session(timeout_s=60) for _ in range(limit)]
+        try:
+            for session in sessions:
+                session.infer("cnn@1", inputs)  # each call is open on the agent now
+            with client.session(timeout_s=60) as extra, pytest.raises(grpc.RpcError) as err:
+                extra.infer("cnn@1", inputs)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert err.value.details() == (f"sessions: {limit} open, at most {limit} on this agent; "
+                                           "close one or call Infer")
+            # Health, unary calls and model listing still get a thread.
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            assert client.infer("cnn@1", inputs, timeout_s=30).outputs
+            sessions.pop().close()
+            deadline = time.monotonic() + 10
+            while True:  # the agent frees the closed session's place once it sees the call end
+                try:
+                    with client.session(timeout_s=60) as again:
+                        assert again.infer("cnn@1", inputs).outputs
+                    break
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline
+                    time.sleep(0.05)
+        finally:
+            for session in sessions:
+                session.close()
