@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from agent_harness import RunningAgent
+from agent_harness import RunningAgent, upload
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx_builders import BuiltModel
 from test_agent_service import infer_request, reference
@@ -159,3 +161,28 @@ def test_open_sessions_are_limited_so_other_calls_keep_their_threads(
         finally:
             for session in sessions:
                 session.close()
+
+
+def test_a_session_outlives_an_agent_restart(start_agent: Callable[..., RunningAgent], small_cnn: BuiltModel,
+                                             tmp_path: Path) -> None:
+    first: RunningAgent = start_agent(models_dir=tmp_path / "store")
+    upload(first.stub, "cnn@1", small_cnn)
+    address = first.address
+    tile = small_cnn.tile(seed=4)
+    with grpc.insecure_channel(address, channel_options()) as channel, \
+            AgentClient(channel).session(timeout_s=60) as session:
+        session.infer("cnn@1", {small_cnn.input_name: tile})
+        first.stop()  # the open call breaks with the agent
+        with pytest.raises(grpc.RpcError) as err:
+            session.infer("cnn@1", {small_cnn.input_name: tile})
+        assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+        start_agent(models_dir=tmp_path / "store", listen=address)  # same port, model from its store
+        deadline = time.monotonic() + 20
+        while True:  # the channel reconnects on its own schedule
+            try:
+                result = session.infer("cnn@1", {small_cnn.input_name: tile})
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline
+                time.sleep(0.1)
+        np.testing.assert_allclose(result.outputs["logits"], reference(small_cnn, tile), atol=LOGIT_ATOL)
