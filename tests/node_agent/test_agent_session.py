@@ -16,11 +16,26 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx_builders import BuiltModel
 from test_agent_service import infer_request, reference
 
-from node_agent.client import AgentClient, InferSession, channel_options
+from node_agent.client import INFER_SESSION_METHOD, AgentClient, InferSession, channel_options
 from node_agent.service import max_sessions, rpc_workers
 
 LOGIT_ATOL = 1e-5
 
+
+
+def _open_when_free(client: AgentClient, model_id: str, model: BuiltModel) -> InferSession:
+    """A session with one call answered, opened once the agent has a place for it: the agent frees a place
+    when its handler sees the previous call end, which can be just after the caller has heard of the end."""
+    deadline = time.monotonic() + 10
+    while True:
+        session = client.session(timeout_s=60)
+        try:
+            assert session.infer(model_id, {model.input_name: model.tile()}).outputs
+            return session
+        except grpc.RpcError as exc:
+            session.close()
+            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline
+            time.sleep(0.05)
 
 
 def _unary_error(client: AgentClient, model_id: str, inputs: dict[str, np.ndarray]) -> grpc.RpcError:
@@ -149,15 +164,7 @@ def test_open_sessions_are_limited_so_other_calls_keep_their_threads(
             assert health.status == health_pb2.HealthCheckResponse.SERVING
             assert client.infer("cnn@1", inputs, timeout_s=30).outputs
             sessions.pop().close()
-            deadline = time.monotonic() + 10
-            while True:  # the agent frees the closed session's place once it sees the call end
-                try:
-                    with client.session(timeout_s=60) as again:
-                        assert again.infer("cnn@1", inputs).outputs
-                    break
-                except grpc.RpcError as exc:
-                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline
-                    time.sleep(0.05)
+            _open_when_free(client, "cnn@1", small_cnn).close()
         finally:
             for session in sessions:
                 session.close()
@@ -186,3 +193,25 @@ def test_a_session_outlives_an_agent_restart(start_agent: Callable[..., RunningA
                 assert exc.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline
                 time.sleep(0.1)
         np.testing.assert_allclose(result.outputs["logits"], reference(small_cnn, tile), atol=LOGIT_ATOL)
+
+
+def test_a_malformed_message_ends_the_session_with_internal_and_frees_its_place(
+    cnn_agent: RunningAgent, small_cnn: BuiltModel
+) -> None:
+    limit = max_sessions(rpc_workers(cnn_agent.config.profile.slots))
+    good = infer_request("cnn@1", small_cnn).SerializeToString()
+    with grpc.insecure_channel(cnn_agent.address, channel_options()) as channel:
+        raw = channel.stream_stream(INFER_SESSION_METHOD, request_serializer=None, response_deserializer=None)
+        for _ in range(limit + 1):  # more than the limit: each broken session must have given its place back
+            call = raw(iter([good, b"\x0a\x10truncated"]), timeout=30)  # model_id: 16 bytes announced, 9 sent
+            assert next(call)
+            with pytest.raises(grpc.RpcError) as err:
+                next(call)
+            assert err.value.code() == grpc.StatusCode.INTERNAL
+        sessions: list[InferSession] = []
+        try:
+            for _ in range(limit):
+                sessions.append(_open_when_free(AgentClient(channel), "cnn@1", small_cnn))
+        finally:
+            for session in sessions:
+                session.close()
