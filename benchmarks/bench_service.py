@@ -14,6 +14,11 @@ alternating bursts (echo, SubmitJob, echo, ..., echo): each SubmitJob burst is c
 the echo bursts just before and after it, and the figure is the median of those ratios. Before each echo
 burst the benchmark waits until the scheduler (and its planner worker) is idle again, so that planning
 left over from a SubmitJob burst does not slow the echo down.
+
+The target is measured against the raw echo (its handler returns the request bytes unparsed). As a
+reference, the same echo server also answers a *typed* echo (the server parses the SubmitJobRequest and
+serialises it again, as any protobuf service does), run right after each raw echo burst; SubmitJob's ratio
+to it is printed too, labelled as a reference.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from skyinfer.v1 import scheduler_pb2_grpc  # noqa: E402
 
 SCENARIO = REPO / "tests" / "service" / "data" / "service.yaml"
 ECHO_METHOD = "/bench.Echo/Echo"
+TYPED_ECHO_METHOD = "/bench.Echo/TypedEcho"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -53,8 +59,16 @@ async def _serve_echo() -> None:
     async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         return request
 
+    async def typed_echo(request: pb.SubmitJobRequest,
+                         context: grpc.aio.ServicerContext[pb.SubmitJobRequest, pb.SubmitJobRequest]
+                         ) -> pb.SubmitJobRequest:
+        return request
+
     handler = grpc.method_handlers_generic_handler("bench.Echo", {
         "Echo": grpc.unary_unary_rpc_method_handler(echo, request_deserializer=None, response_serializer=None),
+        # The reference of a typed service: the same message parsed and serialised again by the server.
+        "TypedEcho": grpc.unary_unary_rpc_method_handler(typed_echo, pb.SubmitJobRequest.FromString,
+                                                         pb.SubmitJobRequest.SerializeToString),
     })
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((handler,))
@@ -138,10 +152,12 @@ async def _drive(call: Callable[[int], Awaitable[object]], requests: int, concur
             "p99_ms": 1e3 * latencies[int(0.99 * (len(latencies) - 1))], "n": float(len(latencies))}
 
 
-async def bench_echo(port: int, requests: int, concurrency: int) -> dict[str, float]:
+async def bench_echo(port: int, requests: int, concurrency: int, *, typed: bool = False) -> dict[str, float]:
     # The client does the same protobuf work as for SubmitJob: build and serialize a request, parse the reply.
+    # The raw echo returns the bytes it got; the typed one parses them and serialises the message again.
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        echo = ch.unary_unary(ECHO_METHOD, pb.SubmitJobRequest.SerializeToString, pb.SubmitJobRequest.FromString)
+        echo = ch.unary_unary(TYPED_ECHO_METHOD if typed else ECHO_METHOD, pb.SubmitJobRequest.SerializeToString,
+                              pb.SubmitJobRequest.FromString)
         await echo(_request(0))  # connect
 
         async def call(i: int) -> object:
@@ -307,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  echo (bare gRPC aio, same client): median {med(e['rps'] for e in echoes):.0f} req/s, "
           f"p50 {med(e['p50_ms'] for e in echoes):.2f} ms, p99 {med(e['p99_ms'] for e in echoes):.2f} ms, "
           f"server CPU {med(e['server_cpu_us'] for e in echoes):.0f} us/req")
+    typed_ratios = [r["typed_ratio"] for r in rounds]
+    typed_echoes = [e for r in rounds for e in (r["typed_before"], r["typed_after"])]
+    print(f"  reference, not the target: SubmitJob / typed echo (the same message parsed and serialised again by "
+          f"the server) median {med(typed_ratios):.0%} (min {min(typed_ratios):.0%}, max {max(typed_ratios):.0%}); "
+          f"typed echo median {med(e['rps'] for e in typed_echoes):.0f} req/s, server CPU "
+          f"{med(e['server_cpu_us'] for e in typed_echoes):.0f} us/req")
     print(f"SubmitJob with {args.watchers} WatchJobs streams held {watch['rps']:8.0f} req/s   "
           f"p50 {watch['p50_ms']:6.2f} ms   p99 {watch['p99_ms']:6.2f} ms")
     print(f"  cancellation fan-out to all {args.watchers} streams: p50 {watch['fanout_p50_ms']:.1f} ms, "
@@ -317,25 +339,35 @@ def main(argv: list[str] | None = None) -> int:
 
 def _alternate(args: argparse.Namespace, echo_pid: int, echo_port: int, pid: int,
                port: int) -> list[dict[str, Any]]:
-    """Echo and SubmitJob bursts in turn; each SubmitJob burst with the echo bursts around it."""
+    """Echo and SubmitJob bursts in turn; each SubmitJob burst with the echo bursts around it (raw and typed
+    echo bursts run back to back in each gap)."""
     n, c = args.requests, args.concurrency
-    asyncio.run(bench_echo(echo_port, min(n, 500), c))  # both warmed up alike
+    asyncio.run(bench_echo(echo_port, min(n, 500), c))  # all warmed up alike
+    asyncio.run(bench_echo(echo_port, min(n, 500), c, typed=True))
     asyncio.run(bench_submit(port, min(n, 500), c))
     _wait_idle(pid)
-    echo = _measured(echo_pid, lambda: asyncio.run(bench_echo(echo_port, n, c)))
+
+    def echoes() -> tuple[dict[str, float], dict[str, float]]:
+        return (_measured(echo_pid, lambda: asyncio.run(bench_echo(echo_port, n, c))),
+                _measured(echo_pid, lambda: asyncio.run(bench_echo(echo_port, n, c, typed=True))))
+
+    echo, typed = echoes()
     rounds: list[dict[str, Any]] = []
     for k in range(args.rounds):
         submit = _measured(pid, lambda: asyncio.run(bench_submit(port, n, c)))
         _wait_idle(pid)
-        after = _measured(echo_pid, lambda: asyncio.run(bench_echo(echo_port, n, c)))
+        after, typed_after = echoes()
         ratio = submit["rps"] / ((echo["rps"] + after["rps"]) / 2.0)
-        rounds.append({"submit": submit, "echo_before": echo, "echo_after": after, "ratio": ratio})
-        print(f"round {k + 1}: echo {echo['rps']:5.0f} req/s | SubmitJob {submit['rps']:5.0f} req/s "
-              f"(p50 {submit['p50_ms']:5.1f} ms, p99 {submit['p99_ms']:5.1f} ms, server CPU "
-              f"{submit['server_cpu_us']:3.0f} us/req + planner worker {submit['children_cpu_us']:3.0f}) | "
-              f"echo {after['rps']:5.0f} req/s (server CPU {after['server_cpu_us']:3.0f} us/req) "
-              f"-> {ratio:.0%}", flush=True)
-        echo = after
+        typed_ratio = submit["rps"] / ((typed["rps"] + typed_after["rps"]) / 2.0)
+        rounds.append({"submit": submit, "echo_before": echo, "echo_after": after, "ratio": ratio,
+                       "typed_before": typed, "typed_after": typed_after, "typed_ratio": typed_ratio})
+        print(f"round {k + 1}: echo {echo['rps']:5.0f} / typed {typed['rps']:5.0f} req/s | SubmitJob "
+              f"{submit['rps']:5.0f} req/s (p50 {submit['p50_ms']:5.1f} ms, p99 {submit['p99_ms']:5.1f} ms, server "
+              f"CPU {submit['server_cpu_us']:3.0f} us/req + planner worker {submit['children_cpu_us']:3.0f}) | "
+              f"echo {after['rps']:5.0f} / typed {typed_after['rps']:5.0f} req/s (server CPU "
+              f"{after['server_cpu_us']:3.0f} / {typed_after['server_cpu_us']:3.0f} us/req) "
+              f"-> {ratio:.0%} of the echo, {typed_ratio:.0%} of the typed echo", flush=True)
+        echo, typed = after, typed_after
     return rounds
 
 
