@@ -14,6 +14,7 @@ import threading
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Protocol
 
 import grpc
 import numpy as np
@@ -156,8 +157,7 @@ class InferSession:
         self._timeout_s = timeout_s
         self._lock = threading.Lock()
         self._requests: queue.SimpleQueue[bytes | None] | None = None
-        self._responses: Iterator[wire.WireInferResponse] | None = None
-        self._call: grpc.Call | None = None
+        self._call: _ResponseStream | None = None
         self._closed = False
 
     def infer(
@@ -169,30 +169,28 @@ class InferSession:
         with self._lock:
             if self._closed:
                 raise ValueError("the session is closed")
-            if self._requests is None or self._responses is None:
-                self._open()
-                assert self._requests is not None and self._responses is not None
+            if self._requests is None or self._call is None:
+                self._requests, self._call = self._open()
             self._requests.put(request)
             try:
-                response = next(self._responses)
+                response = next(self._call)
             except grpc.RpcError:
                 self._drop()
                 raise
             except StopIteration:  # the agent ended the call without an answer (not expected)
-                call = self._call
                 self._drop()
-                raise _SessionEnded(call) from None
+                raise _SessionEnded() from None
             return _result(response)
 
-    def _open(self) -> None:
+    def _open(self) -> tuple[queue.SimpleQueue[bytes | None], _ResponseStream]:
+        """A new call and the queue its request generator reads (None ends it)."""
         requests: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
 
         def send() -> Iterator[bytes]:
             while (item := requests.get()) is not None:
                 yield item
 
-        call = self._method(send(), timeout=self._timeout_s)
-        self._requests, self._responses, self._call = requests, call, call  # type: ignore[assignment]
+        return requests, self._method(send(), timeout=self._timeout_s)  # type: ignore[return-value]
 
     def _drop(self) -> None:
         """End the current call (if any): its request generator returns, and the call is cancelled."""
@@ -200,7 +198,7 @@ class InferSession:
             self._requests.put(None)
         if self._call is not None:
             self._call.cancel()
-        self._requests = self._responses = self._call = None
+        self._requests = self._call = None
 
     def close(self) -> None:
         with self._lock:
@@ -215,12 +213,17 @@ class InferSession:
         self.close()
 
 
+class _ResponseStream(Iterator[wire.WireInferResponse], Protocol):
+    """What gRPC returns for a stream-stream call: the responses, and the call's ``cancel``."""
+
+    def cancel(self) -> bool: ...
+
+
 class _SessionEnded(grpc.RpcError):
     """The agent closed a session's call without answering the request (reported as UNAVAILABLE)."""
 
-    def __init__(self, call: grpc.Call | None) -> None:
+    def __init__(self) -> None:
         super().__init__("the agent ended the session without answering")
-        self._call = call
 
     def code(self) -> grpc.StatusCode:
         return grpc.StatusCode.UNAVAILABLE
